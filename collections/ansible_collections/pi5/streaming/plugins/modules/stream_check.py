@@ -1,0 +1,528 @@
+"""Ansible module pi5.streaming.stream_check: a thin face over the stream check core."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: stream_check
+short_description: Prove that an endpoint streams Server-Sent Events incrementally
+version_added: "1.0.0"
+description:
+  - >-
+    Fetches an SSE endpoint once with C(curl -N) over a fresh connection, exactly like a browser asks for it
+    (C(Accept: text/event-stream), C(Accept-Encoding: gzip, deflate, br), C(Cache-Control: no-cache)),
+    stamps every event with its arrival time and decides whether the events arrived incrementally.
+  - >-
+    The verdict is C(incremental) only if the response is a C(200) C(text/event-stream) without
+    Content-Encoding, at least O(min_events) events arrived, the stream ended cleanly, its events were
+    spread over at least O(min_span_ratio) of the time they were emitted over, no burst held more than
+    O(max_burst_share) of them, at least O(min_delivery_ratio) of them arrived separately and none was
+    more than O(max_lateness_ms) late. Otherwise the module fails with a diagnosis naming the likely
+    cause, for example C(nginx delivers all 20 events in one burst after 2.0 s: check proxy_buffering /
+    gzip for text/event-stream).
+  - >-
+    With O(hops), checks each hop of the path in order (for example the backend, then nginx, then a
+    tunnel) and attributes the fault to the first hop that breaks streaming (C(backend itself buffers),
+    C(nginx buffers: backend streams incrementally, but ...)).
+  - Lateness uses the C(ts) (integer ms since the epoch) of each event's JSON relative to the
+    least-delayed event, so clock offsets between the host and the server do not matter.
+  - Integrity compares the concatenated C(content) of the token events with the done event's
+    C({"tokens", "sha256", "bytes"}) summary.
+  - The same core runs as the C(bin/stream-check) CLI.
+author:
+  - pi5 streaming maintainers
+options:
+  url:
+    description:
+      - The SSE endpoint to check. Mutually exclusive with O(hops).
+    type: str
+  name:
+    description:
+      - Label for the checked endpoint in the diagnosis (for example V(nginx)).
+      - Defaults to V(nginx) when the Server header says so, else V(the server).
+    type: str
+  hops:
+    description:
+      - Ordered hops of the path to the browser, first the backend alone. Each hop takes O(hops[].name) and
+        O(hops[].url) plus any of the request and criteria options of this module, which override the
+        top-level values for that hop only (unset ones inherit them).
+      - The module result names the RV(first_bad_hop) and attributes the fault to it.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: Hop name used in the diagnosis (V(backend), V(nginx), V(tunnel)).
+        type: str
+        required: true
+      url:
+        description: The hop's URL.
+        type: str
+        required: true
+      method:
+        description: Overrides O(method).
+        type: str
+      data:
+        description: Overrides O(data).
+        type: raw
+      headers:
+        description: Overrides O(headers) (replaces the whole dict).
+        type: dict
+      insecure:
+        description: Overrides O(insecure).
+        type: bool
+      cacert:
+        description: Overrides O(cacert).
+        type: path
+      resolve:
+        description: Overrides O(resolve).
+        type: list
+        elements: str
+      http_version:
+        description: Overrides O(http_version).
+        type: str
+        choices: ["auto", "1.1", "2"]
+      max_time:
+        description: Overrides O(max_time).
+        type: float
+      connect_timeout:
+        description: Overrides O(connect_timeout).
+        type: float
+      min_events:
+        description: Overrides O(min_events).
+        type: int
+      expect_done:
+        description: Overrides O(expect_done).
+        type: bool
+      min_span_ratio:
+        description: Overrides O(min_span_ratio).
+        type: float
+      max_burst_share:
+        description: Overrides O(max_burst_share).
+        type: float
+      burst_window_ms:
+        description: Overrides O(burst_window_ms).
+        type: float
+      min_delivery_ratio:
+        description: Overrides O(min_delivery_ratio).
+        type: float
+      max_lateness_ms:
+        description: Overrides O(max_lateness_ms).
+        type: float
+      expect_heartbeats:
+        description: Overrides O(expect_heartbeats).
+        type: bool
+      heartbeat_interval_ms:
+        description: Overrides O(heartbeat_interval_ms).
+        type: float
+      expect_header:
+        description: Overrides O(expect_header). Typically only the nginx hop carries it.
+        type: str
+  stop_on_failure:
+    description:
+      - With O(hops), stop after the first hop that fails instead of checking the rest too.
+    type: bool
+    default: false
+  method:
+    description:
+      - HTTP method. Defaults to V(GET), or V(POST) when O(data) is given.
+    type: str
+  data:
+    description:
+      - >-
+        Request body, sent with C(Content-Type: application/json). A dict or list is serialised to JSON.
+    type: raw
+  headers:
+    description:
+      - Extra request headers. A header named like a default (C(Accept), C(Accept-Encoding),
+        C(Cache-Control), C(Content-Type)) replaces that default.
+    type: dict
+    default: {}
+  insecure:
+    description:
+      - Skip TLS certificate verification (curl C(-k)).
+    type: bool
+    default: false
+  cacert:
+    description:
+      - CA bundle to verify the server certificate with.
+    type: path
+  resolve:
+    description:
+      - curl C(--resolve HOST:PORT:ADDRESS) entries, to test a TLS server name against a local address.
+    type: list
+    elements: str
+    default: []
+  http_version:
+    description:
+      - V(1.1) forces HTTP/1.1, V(2) asks for HTTP/2, V(auto) lets curl negotiate (HTTP/2 over TLS when
+        the server offers it).
+    type: str
+    choices: ["auto", "1.1", "2"]
+    default: auto
+  max_time:
+    description:
+      - Seconds the whole stream may take (curl C(--max-time)).
+    type: float
+    default: 10
+    aliases: [timeout_s]
+  connect_timeout:
+    description:
+      - Seconds to establish the connection.
+    type: float
+    default: 5
+  min_events:
+    description:
+      - Fewest events (the done event not counted) needed to prove incremental delivery.
+    type: int
+    default: 5
+  expect_done:
+    description:
+      - >-
+        Require a terminating done event (C(event: done), a JSON C(type) of V(done), or C(data: [DONE])).
+      - Set to V(false) for generic endpoints; then a clean end of the response (curl exit 0) is enough.
+    type: bool
+    default: true
+  min_span_ratio:
+    description:
+      - When events carry C(ts), the events must arrive spread over at least this share of the span they
+        were emitted over.
+    type: float
+    default: 0.5
+  max_burst_share:
+    description:
+      - Largest share of all events allowed to arrive within O(burst_window_ms) of each other.
+    type: float
+    default: 0.5
+  burst_window_ms:
+    description:
+      - Events arriving this close together count as one burst.
+    type: float
+    default: 10
+  min_delivery_ratio:
+    description:
+      - Smallest share of events that must arrive in a delivery of their own. An event emitted more than
+        O(burst_window_ms) after the previous one but arriving within O(burst_window_ms) of it was held
+        back and shares a delivery. Catches a stream released in a few large bunches.
+    type: float
+    default: 0.5
+  max_lateness_ms:
+    description:
+      - Largest lateness allowed for any event, measured against its C(ts) relative to the least-delayed
+        event.
+    type: float
+    default: 1000
+  expect_heartbeats:
+    description:
+      - Require C(:) comment heartbeats. The stream must pause longer than O(heartbeat_interval_ms) at
+        least once, and no silence may exceed 1.5 times the interval.
+    type: bool
+    default: false
+  heartbeat_interval_ms:
+    description:
+      - The interval the server sends heartbeat comments at when idle.
+    type: float
+    default: 15000
+  expect_header:
+    description:
+      - >-
+        A response header the answer must carry, as C(Name: value), for example
+        C(X-Config-Revision: 3f2a9c). Proves that the config that answers is the one just deployed; a
+        missing or different value gives the verdict V(stale_config).
+    type: str
+  curl_path:
+    description:
+      - The curl executable.
+    type: str
+    default: curl
+notes:
+  - Check mode runs the check as usual; it only reads from the endpoint and never changes anything
+    (RV(changed) is always V(false)).
+  - Every run opens a new connection, so after an nginx reload it is answered by a new worker with the
+    new config, never by an old worker that still holds an earlier connection.
+  - Needs C(curl) on the host the module runs on. Python standard library only.
+attributes:
+  check_mode:
+    support: full
+    details: Read-only; runs in check mode too.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+seealso:
+  - name: Server-sent events (HTML Living Standard)
+    description: The event stream format the check parses.
+    link: https://html.spec.whatwg.org/multipage/server-sent-events.html
+"""
+
+EXAMPLES = r"""
+- name: Check that the probe streams through nginx
+  pi5.streaming.stream_check:
+    url: http://127.0.0.1/api/probe/stream?tokens=20&interval_ms=50
+    name: nginx
+    expect_header: "X-Config-Revision: {{ nginx_site_revision }}"
+
+- name: Check hop by hop and blame the first hop that buffers
+  pi5.streaming.stream_check:
+    hops:
+      - name: backend
+        url: http://127.0.0.1:7776/api/probe/stream?tokens=20&interval_ms=50
+      - name: nginx
+        url: https://pi5.local/api/probe/stream?tokens=20&interval_ms=50
+        insecure: true
+        resolve: ["pi5.local:443:127.0.0.1"]
+        expect_header: "X-Config-Revision: {{ nginx_site_revision }}"
+    max_time: 15
+  register: stream
+
+- name: Print the summary table
+  ansible.builtin.debug:
+    msg: "{{ stream.table.splitlines() }}"
+
+- name: Check an arbitrary SSE endpoint without a done event
+  pi5.streaming.stream_check:
+    url: https://chat.example.org/v1/stream
+    method: POST
+    data: {prompt: "count to twenty"}
+    headers:
+      Authorization: "Bearer {{ token }}"
+    expect_done: false
+"""
+
+RETURN = r"""
+verdict:
+  description:
+    - C(incremental), or the first failed criterion; with O(hops), that of the first bad hop.
+  returned: always
+  type: str
+  sample: buffered
+  choices: [incremental, buffered, truncated, http_error, wrong_content_type, compressed, integrity,
+            heartbeat_missing, connect_error, tls_error, timeout, stale_config, too_few_events]
+incremental:
+  description: Whether the events arrived incrementally (on every hop).
+  returned: always
+  type: bool
+diagnosis:
+  description: The likely cause in plain words (also the failure message).
+  returned: always
+  type: str
+  sample: "nginx delivers all 20 events in one burst after 2.0 s: check proxy_buffering / gzip for text/event-stream"
+summary:
+  description: One line with the measurements.
+  returned: always
+  type: str
+  sample: >-
+    incremental: 20 events, first after 45 ms, spread over 980 ms, largest burst 1 (5%),
+    max lateness 12 ms (HTTP/1.1)
+table:
+  description:
+    - The human summary table, lines separated by newlines; print it with
+      C(ansible.builtin.debug) and C(msg="{{ result.table.splitlines() }}").
+  returned: always
+  type: str
+first_bad_hop:
+  description: Name of the first hop that is not incremental, or null.
+  returned: with O(hops)
+  type: str
+hops:
+  description: The full per-hop results, each with the keys returned for O(url).
+  returned: with O(hops)
+  type: list
+  elements: dict
+url:
+  description: The checked URL.
+  returned: with O(url)
+  type: str
+status:
+  description: HTTP status (null when no response arrived).
+  returned: with O(url)
+  type: int
+  sample: 200
+http_version:
+  description: HTTP version of the response.
+  returned: with O(url)
+  type: str
+  sample: "1.1"
+content_type:
+  description: Content-Type of the response.
+  returned: with O(url)
+  type: str
+content_encoding:
+  description: Content-Encoding of the response (null when not compressed).
+  returned: with O(url)
+  type: str
+headers:
+  description: Response headers of interest (Content-Type, Content-Encoding, X-Accel-Buffering, X-Config-Revision...).
+  returned: with O(url)
+  type: dict
+ttfb_ms:
+  description: Time to the first response byte (curl time_starttransfer).
+  returned: with O(url)
+  type: float
+first_event_ms:
+  description: Arrival of the first event since the request started.
+  returned: with O(url)
+  type: float
+span_ms:
+  description: Time between the first and the last event.
+  returned: with O(url)
+  type: float
+events:
+  description: Number of events before the done event.
+  returned: with O(url)
+  type: int
+heartbeats:
+  description: Number of C(:) comments (open markers and keepalives).
+  returned: with O(url)
+  type: int
+largest_burst:
+  description: Most events that arrived within O(burst_window_ms) of each other.
+  returned: with O(url)
+  type: int
+burst_share:
+  description: RV(largest_burst) divided by RV(events).
+  returned: with O(url)
+  type: float
+deliveries:
+  description: Number of separate deliveries the events arrived in.
+  returned: with O(url)
+  type: int
+lateness_p50_ms:
+  description: Median lateness (needs C(ts) in the events).
+  returned: with O(url)
+  type: float
+lateness_max_ms:
+  description: Worst lateness (needs C(ts) in the events).
+  returned: with O(url)
+  type: float
+ended_cleanly:
+  description: The done event arrived (or, with O(expect_done=false), curl ended without error).
+  returned: with O(url)
+  type: bool
+integrity:
+  description: C(ok), C(mismatch) or C(not_checked).
+  returned: with O(url)
+  type: str
+failures:
+  description: "Every failed criterion as C(verdict: diagnosis), the verdict's first."
+  returned: with O(url)
+  type: list
+  elements: str
+arrivals_ms:
+  description: Arrival time of each event since the request started.
+  returned: with O(url)
+  type: list
+  elements: float
+"""
+
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule  # type: ignore[import-untyped]  # ansible-core has no types
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
+    OPTION_DEFAULTS,
+    CheckResult,
+    HopsResult,
+    StreamCheckError,
+    check_hops,
+    check_stream,
+    hop_from_mapping,
+    options_from_mapping,
+    render,
+)
+
+_REQUEST_OPTIONS: dict[str, dict[str, Any]] = {
+    "method": {"type": "str"},
+    "data": {"type": "raw"},
+    "headers": {"type": "dict"},
+    "insecure": {"type": "bool"},
+    "cacert": {"type": "path"},
+    "resolve": {"type": "list", "elements": "str"},
+    "http_version": {"type": "str", "choices": ["auto", "1.1", "2"]},
+    "max_time": {"type": "float"},
+    "connect_timeout": {"type": "float"},
+}
+_CRITERIA_OPTIONS: dict[str, dict[str, Any]] = {
+    "min_events": {"type": "int"},
+    "expect_done": {"type": "bool"},
+    "min_span_ratio": {"type": "float"},
+    "max_burst_share": {"type": "float"},
+    "burst_window_ms": {"type": "float"},
+    "min_delivery_ratio": {"type": "float"},
+    "max_lateness_ms": {"type": "float"},
+    "expect_heartbeats": {"type": "bool"},
+    "heartbeat_interval_ms": {"type": "float"},
+    "expect_header": {"type": "str"},
+}
+_EMPTY: dict[str, Any] = {"list": [], "dict": {}}
+
+
+def _default(key: str, spec: dict[str, Any]) -> Any:
+    """The core's default for an option, as the Ansible type (() becomes [] or {})."""
+    value = OPTION_DEFAULTS.get(key)
+    return _EMPTY[spec["type"]] if value == () else value
+
+
+def argument_spec() -> dict[str, dict[str, Any]]:
+    """Top-level options carry the defaults; hop suboptions have none, so unset ones inherit."""
+    top = {
+        key: {**spec, "default": default} if (default := _default(key, spec)) is not None else dict(spec)
+        for key, spec in {**_REQUEST_OPTIONS, **_CRITERIA_OPTIONS}.items()
+    }
+    top["max_time"]["aliases"] = ["timeout_s"]
+    hop_options: dict[str, dict[str, Any]] = {
+        "name": {"type": "str", "required": True},
+        "url": {"type": "str", "required": True},
+        **_REQUEST_OPTIONS,
+        **_CRITERIA_OPTIONS,
+    }
+    return {
+        "url": {"type": "str"},
+        "name": {"type": "str"},
+        "hops": {"type": "list", "elements": "dict", "options": hop_options},
+        "stop_on_failure": {"type": "bool", "default": False},
+        "curl_path": {"type": "str", "default": "curl"},
+        **top,
+    }
+
+
+def _defaults(params: dict[str, Any]) -> dict[str, Any]:
+    """The top-level request and criteria options, in the core's terms."""
+    options = {key: params[key] for key in (*_REQUEST_OPTIONS, *_CRITERIA_OPTIONS)}
+    options["curl"] = params["curl_path"]
+    return options
+
+
+def run(params: dict[str, Any]) -> CheckResult | HopsResult:
+    """The check the parameters ask for; raises StreamCheckError for bad options."""
+    defaults = _defaults(params)
+    if params["hops"]:
+        hops = [hop_from_mapping(hop, defaults) for hop in params["hops"]]
+        return check_hops(hops, stop_on_failure=params["stop_on_failure"])
+    request, criteria = options_from_mapping({**defaults, "url": params["url"]})
+    return check_stream(request, criteria, name=params["name"])
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=[("url", "hops")],
+        required_one_of=[("url", "hops")],
+        # Read-only: the check runs in check mode as well.
+        supports_check_mode=True,
+    )
+    try:
+        outcome = run(module.params)
+    except StreamCheckError as exc:
+        module.fail_json(msg=str(exc))
+    result = outcome.to_dict()
+    result["table"] = render(outcome)
+    for note in result.get("notes", []):
+        module.warn(note)
+    if not outcome.incremental:
+        module.fail_json(msg=outcome.diagnosis, changed=False, **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()

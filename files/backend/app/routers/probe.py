@@ -1,0 +1,78 @@
+"""Stream probe: known tokens with tricky bytes, for end-to-end stream checks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Self
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field, model_validator
+
+from ..probe import ProbeParams, probe_tokens
+from ..ratelimit import retry_after_seconds
+from ..sse import EventStreamResponse, openapi_sse_response
+from ..state import AppState, get_state
+from ..streaming import StreamOptions, sse_stream
+
+MIN_HEARTBEAT_MS = 20
+DONE_DOC = (
+    '`tokens` token events, then `done` whose content is `{"tokens": N, "sha256": '
+    '<hex sha256 of the UTF-8 concatenation of all token contents>, "bytes": <its length>}`.'
+)
+
+router = APIRouter(prefix="/api/probe", tags=["probe"])
+
+
+class ProbeQuery(BaseModel):
+    # Unknown parameters (cache busters such as `_=...`) are ignored.
+    tokens: int = Field(20, ge=1, le=500, description="Number of token events")
+    interval_ms: int = Field(50, ge=0, le=2000, description="Pause between token events")
+    silence_ms: int = Field(0, ge=0, le=30_000, description="Silence in the middle of the stream")
+    heartbeat_ms: int = Field(
+        0,
+        ge=0,
+        le=60_000,
+        description=f"Keepalive period: 0 = BACKEND_HEARTBEAT_S, else >= {MIN_HEARTBEAT_MS}",
+    )
+    big_kb: int = Field(0, ge=0, le=256, description="KiB of content in one mid-stream token event")
+
+    @model_validator(mode="after")
+    def _heartbeat_not_too_fast(self) -> Self:
+        if 0 < self.heartbeat_ms < MIN_HEARTBEAT_MS:
+            raise ValueError(f"heartbeat_ms must be 0 or at least {MIN_HEARTBEAT_MS}")
+        return self
+
+    def params(self) -> ProbeParams:
+        return ProbeParams(self.tokens, self.interval_ms, self.silence_ms, self.big_kb)
+
+
+@router.get(
+    "/stream",
+    summary="Probe stream: paced tokens, multi-byte splits, optional big event and silence",
+    response_class=EventStreamResponse,
+    responses={
+        **openapi_sse_response(DONE_DOC),
+        429: {"description": "Rate limit (BACKEND_PROBE_RATE_PER_S per client) exceeded"},
+    },
+)
+async def probe_stream(
+    request: Request,
+    query: Annotated[ProbeQuery, Query()],
+    state: Annotated[AppState, Depends(get_state)],
+) -> EventStreamResponse:
+    client = request.client.host if request.client else "unknown"
+    wait_s = state.probe_limiter.acquire(client)
+    if wait_s:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail="probe rate limit exceeded",
+            headers={"Retry-After": str(retry_after_seconds(wait_s))},
+        )
+    heartbeat_s = query.heartbeat_ms / 1000 if query.heartbeat_ms else state.settings.heartbeat_s
+    events = sse_stream(
+        probe_tokens(query.params()),
+        thread_id=f"probe-{uuid.uuid4().hex[:12]}",
+        options=StreamOptions(heartbeat_s=heartbeat_s, split_multibyte=True),
+        shutdown=state.shutting_down,
+    )
+    return EventStreamResponse(events, send_timeout_s=state.settings.send_timeout_s)

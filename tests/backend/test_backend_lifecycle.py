@@ -1,0 +1,177 @@
+"""Stream lifecycles: client gone, client stalled, server stopping, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from app.providers import Turn
+from app.settings import Settings
+from backend_client import SSEConnection, comments, events, get_json, post_json
+from backend_harness import Spawner, inprocess_backend
+
+
+class EndlessProvider:
+    """Yields a token every ``interval_s`` forever; records how far it got."""
+
+    name = "fake"
+
+    def __init__(self, interval_s: float = 0.02, first_delay_s: float = 0.0) -> None:
+        self.interval_s = interval_s
+        self.first_delay_s = first_delay_s
+        self.yielded = 0
+        self.closed = threading.Event()
+
+    def not_ready_reason(self) -> str | None:
+        return None
+
+    async def stream(self, conversation: Sequence[Turn]) -> AsyncIterator[str]:
+        try:
+            await asyncio.sleep(self.first_delay_s)
+            while True:
+                self.yielded += 1
+                yield f" t{self.yielded}"
+                await asyncio.sleep(self.interval_s)
+        finally:
+            self.closed.set()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_client_disconnect_stops_the_provider(tmp_path: Path) -> None:
+    provider = EndlessProvider(interval_s=0.02)
+    settings = Settings(data_dir=tmp_path, heartbeat_s=5)
+    with inprocess_backend(settings, provider) as port:
+        conn = post_json(port, "/api/chat/message", {"message": "go", "threadId": "gone"})
+        received = []
+        for block in conn.iter_blocks():
+            if block.is_event and block.data["type"] == "token":
+                received.append(block.data["content"])
+                if len(received) == 3:
+                    break
+        conn.close()
+        assert provider.closed.wait(2), "provider still iterated after the client left"
+        count = provider.yielded
+        time.sleep(0.3)  # 15 more tokens would have come by now
+        assert provider.yielded == count
+        assert count < 3 + 10
+
+        deadline = time.monotonic() + 5
+        while True:  # the partial reply is persisted once the stream unwinds
+            _, _, thread = get_json(port, "/api/chat/threads/gone")
+            if len(thread["messages"]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    reply = thread["messages"][1]
+    assert reply["role"] == "assistant"
+    assert reply["status"] == "interrupted"
+    assert reply["content"].startswith("".join(received))
+
+
+def test_heartbeat_while_the_model_thinks_and_open_before_it(tmp_path: Path) -> None:
+    provider = EndlessProvider(first_delay_s=1.0)
+    settings = Settings(data_dir=tmp_path, heartbeat_s=0.2)
+    with (
+        inprocess_backend(settings, provider) as port,
+        post_json(port, "/api/chat/message", {"message": "think"}) as conn,
+    ):
+        blocks = []
+        for block in conn.iter_blocks():
+            blocks.append(block)
+            if block.is_event and block.data["type"] == "token":
+                break
+    assert blocks[0].raw == b": open"
+    status = next(b for b in blocks if b.is_event)
+    assert status.data == {**status.data, "type": "status", "content": "generating"}
+    assert blocks[-1].at - blocks[0].at > 0.8, "open and status come before the first token"
+    assert 3 <= comments(blocks).count("keepalive") <= 7
+
+
+def test_client_that_stops_reading_is_dropped_after_send_timeout(
+    tmp_path: Path,
+) -> None:
+    """A tiny receive window and a tiny server send buffer fill up at once; the
+    server must give up after BACKEND_SEND_TIMEOUT_S and reset the connection."""
+    send_timeout = 0.5
+    settings = Settings(data_dir=tmp_path, send_timeout_s=send_timeout, probe_rate_per_s=0)
+    with inprocess_backend(settings, sndbuf=4096) as port:
+        conn = SSEConnection(
+            port,
+            "GET",
+            "/api/probe/stream?tokens=500&interval_ms=0&big_kb=256",
+            rcvbuf=4096,
+        )
+        poller = select.poll()
+        poller.register(conn.sock, select.POLLERR | select.POLLHUP | select.POLLRDHUP)
+        ready = poller.poll(10_000)  # never read: wait for the server to hang up
+        elapsed = time.monotonic() - conn.started
+        conn.close()
+    assert ready, "the stalled client was never dropped"
+    assert send_timeout * 0.9 <= elapsed < send_timeout + 5
+
+
+def test_slow_but_reading_client_is_not_dropped(tmp_path: Path) -> None:
+    """The send timeout bounds each write, not the stream: ~0.9 s of stream > 0.3 s."""
+    settings = Settings(data_dir=tmp_path, send_timeout_s=0.3, probe_rate_per_s=0)
+    with (
+        inprocess_backend(settings, sndbuf=4096) as port,
+        SSEConnection(port, "GET", "/api/probe/stream?tokens=12&interval_ms=80&big_kb=64") as conn,
+    ):
+        evts = events(conn.read_all())
+    assert evts[-1].data["type"] == "done"
+    assert evts[-1].data["content"]["tokens"] == 12
+
+
+def test_shutdown_ends_open_streams_with_error_then_done(
+    spawn: Spawner,
+) -> None:
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="5")
+    backend.start().wait_ready()
+    long_message = " ".join(f"word{i}" for i in range(300))  # ~30 s of reply
+    payload = {"message": long_message, "threadId": "shutdown"}
+    with post_json(backend.port, "/api/chat/message", payload) as conn:
+        blocks = conn.iter_blocks()
+        tokens = 0
+        for block in blocks:
+            if block.is_event and block.data["type"] == "token":
+                tokens += 1
+                if tokens == 3:
+                    break
+        stop_at = time.monotonic()
+        assert backend.proc is not None
+        backend.proc.terminate()  # SIGTERM, as docker stop
+        rest = events(list(blocks))
+        ended = time.monotonic() - stop_at
+    assert [e.data["type"] for e in rest][-2:] == ["error", "done"]
+    assert "shutting down" in rest[-2].data["content"]
+    assert conn.eof or conn.decoder.finished
+    assert ended < 3, "streams end at once, not at the graceful-shutdown deadline"
+    # uvicorn re-raises the SIGTERM after its graceful shutdown (as PID 1 in
+    # a container that is a no-op and the exit code is 0)
+    assert backend.proc.wait(10) in {0, -signal.SIGTERM}
+    assert "Traceback" not in backend.log()
+    stored = json.loads((backend.data_dir / "threads" / "shutdown.json").read_text())
+    assert stored["messages"][-1]["status"] == "interrupted"
+    assert "shutting down" in stored["messages"][-1]["error"]
+
+
+def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:
+    """What backup/restore relies on: the data dir alone carries the threads."""
+    first = spawn(tmp_path / "volume", BACKEND_TOKEN_INTERVAL_MS="0").start().wait_ready()
+    with post_json(first.port, "/api/chat/message", {"message": "keep me"}) as conn:
+        thread_id = events(conn.read_all())[0].data["threadId"]
+    before = get_json(first.port, f"/api/chat/threads/{thread_id}")[2]
+    assert first.stop() in {0, -signal.SIGTERM}
+
+    second = spawn(tmp_path / "volume").start().wait_ready()
+    status, _, after = get_json(second.port, f"/api/chat/threads/{thread_id}")
+    assert status == 200
+    assert after == before
+    assert [m["role"] for m in after["messages"]] == ["user", "assistant"]

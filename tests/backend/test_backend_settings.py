@@ -1,0 +1,135 @@
+"""Settings: typed parsing from the environment, failing early and by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from app.settings import DEFAULT_ANTHROPIC_MODEL, Settings, SettingsError
+from backend_harness import BACKEND_DIR, clean_env
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert (settings.port, settings.host, settings.provider) == (
+        7776,
+        "0.0.0.0",
+        "demo",
+    )
+    assert (settings.token_interval_ms, settings.heartbeat_s) == (40, 15.0)
+    assert (settings.keepalive_s, settings.graceful_shutdown_s) == (75, 10)
+    assert settings.forwarded_allow_ips == "127.0.0.1"
+    assert settings.probe_rate_per_s == 5.0
+    assert settings.data_dir == Path("/data")
+    assert settings.auth_token is None
+    assert settings.anthropic_api_key is None
+
+
+def test_every_variable_is_read_with_its_type() -> None:
+    env = {
+        "BACKEND_PORT": "8080",
+        "BACKEND_HOST": "127.0.0.1",
+        "BACKEND_PROVIDER": "Anthropic",
+        "ANTHROPIC_API_KEY": "sk-ant-x",
+        "ANTHROPIC_MODEL": "claude-x",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+        "ANTHROPIC_MAX_TOKENS": "2048",
+        "ANTHROPIC_MAX_RETRIES": "0",
+        "BACKEND_PROVIDER_TIMEOUT_S": "12.5",
+        "BACKEND_TOKEN_INTERVAL_MS": "0",
+        "BACKEND_HEARTBEAT_S": "0.2",
+        "BACKEND_SEND_TIMEOUT_S": "3",
+        "BACKEND_AUTH_TOKEN": "tok",
+        "BACKEND_DATA_DIR": "/srv/data",
+        "BACKEND_KEEPALIVE_S": "30",
+        "BACKEND_GRACEFUL_SHUTDOWN_S": "0",
+        "BACKEND_FORWARDED_ALLOW_IPS": "172.17.0.1,127.0.0.1",
+        "BACKEND_PROBE_RATE_PER_S": "0.5",
+        "BACKEND_LOG_LEVEL": "DEBUG",
+    }
+    assert Settings.from_env(env) == Settings(
+        port=8080,
+        host="127.0.0.1",
+        provider="anthropic",
+        anthropic_api_key="sk-ant-x",
+        anthropic_model="claude-x",
+        anthropic_base_url="http://127.0.0.1:9",
+        anthropic_max_tokens=2048,
+        anthropic_max_retries=0,
+        provider_timeout_s=12.5,
+        token_interval_ms=0,
+        heartbeat_s=0.2,
+        send_timeout_s=3.0,
+        auth_token="tok",
+        data_dir=Path("/srv/data"),
+        keepalive_s=30,
+        graceful_shutdown_s=0,
+        forwarded_allow_ips="172.17.0.1,127.0.0.1",
+        probe_rate_per_s=0.5,
+        log_level="debug",
+    )
+
+
+def test_blank_values_mean_unset() -> None:
+    settings = Settings.from_env({"BACKEND_PORT": " ", "BACKEND_AUTH_TOKEN": ""})
+    assert (settings.port, settings.auth_token) == (7776, None)
+
+
+def test_secrets_stay_out_of_repr() -> None:
+    text = repr(Settings(anthropic_api_key="sk-ant-secret", auth_token="tok-secret"))
+    assert "secret" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BACKEND_PORT", "abc"),
+        ("BACKEND_PORT", "0"),
+        ("BACKEND_PORT", "70000"),
+        ("BACKEND_PORT", "80.5"),
+        ("BACKEND_PROVIDER", "openai"),
+        ("BACKEND_HEARTBEAT_S", "0"),
+        ("BACKEND_HEARTBEAT_S", "nan"),
+        ("BACKEND_SEND_TIMEOUT_S", "-1"),
+        ("BACKEND_PROVIDER_TIMEOUT_S", "soon"),
+        ("BACKEND_TOKEN_INTERVAL_MS", "-5"),
+        ("BACKEND_KEEPALIVE_S", "1.5"),
+        ("BACKEND_GRACEFUL_SHUTDOWN_S", "-1"),
+        ("BACKEND_PROBE_RATE_PER_S", "inf"),
+        ("ANTHROPIC_BASE_URL", "ftp://example.invalid"),
+        ("BACKEND_LOG_LEVEL", "loud"),
+    ],
+)
+def test_invalid_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name}: .*{value!r}"):
+        Settings.from_env({name: value})
+
+
+def test_bad_setting_stops_the_process_before_it_serves() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=BACKEND_DIR,
+        env=clean_env({"BACKEND_HEARTBEAT_S": "fast", "BACKEND_PORT": "1"}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "BACKEND_HEARTBEAT_S" in result.stderr
+    assert "'fast'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_default_model_is_known_to_the_sdk_and_not_retiring() -> None:
+    from anthropic.types import Model  # noqa: PLC0415
+
+    known = {arg for part in get_args(Model) for arg in get_args(part)}
+    assert DEFAULT_ANTHROPIC_MODEL in known
+    deprecated = pytest.importorskip("anthropic._data.deprecated_models")
+    assert DEFAULT_ANTHROPIC_MODEL not in deprecated.DEPRECATED_MODELS
