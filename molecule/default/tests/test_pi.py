@@ -84,7 +84,7 @@ def test_effective_config_proxies_to_the_backend_port(nginx_t: str) -> None:
 
 
 def api_location(nginx_t: str) -> str:
-    match = re.search(r"location /api \{(.*?)\n    \}", nginx_t, re.S)
+    match = re.search(r"location /api \{(.*?)\n    \}", nginx_t, re.DOTALL)
     assert match, "no location /api in nginx -T"
     return match.group(1)
 
