@@ -1042,14 +1042,18 @@ def _compression(ctx: _Context) -> _Finding | None:
     encoding = ctx.encoding
     if encoding in (None, "", "identity"):
         return None
-    advice = {
-        "gzip": "gzip buffers until its buffer fills; exclude text/event-stream from gzip_types",
-        "x-gzip": "gzip buffers until its buffer fills; exclude text/event-stream from gzip_types",
-        "br": "brotli buffers until its buffer fills; exclude text/event-stream from brotli_types",
-    }.get(encoding or "", f"{encoding} compression buffers the stream; never compress text/event-stream")
-    measured = (
-        f" ({ctx.count} events decoded; they arrived in {len(ctx.timing.groups)} deliveries)" if ctx.count else ""
-    )
+    name = {"x-gzip": "gzip", "br": "brotli"}.get(encoding or "", encoding or "")
+    types = "brotli_types" if name == "brotli" else "gzip_types"
+    deliveries = len(ctx.timing.groups)
+    if ctx.count and deliveries >= ctx.count:
+        # Measured: every event came on its own, so this path flushes each compressed chunk.
+        advice = (
+            f"it streams here only because every hop flushes each chunk; one buffering hop makes {name} hold "
+            f"output until its buffer fills; exclude text/event-stream from {types}"
+        )
+    else:
+        advice = f"{name} buffers until its buffer fills; exclude text/event-stream from {types}"
+    measured = f" ({ctx.count} events decoded; they arrived in {deliveries} deliveries)" if ctx.count else ""
     return _Finding(
         "compressed",
         f"response is {encoding}-compressed{measured}",
@@ -1390,7 +1394,8 @@ def analyse(capture: Capture, criteria: Criteria = DEFAULT_CRITERIA, *, name: st
         curl_exit=capture.curl_exit,
         curl_error=capture.curl_error,
         elapsed_ms=round(capture.elapsed_s * 1000.0, 1),
-        body_excerpt=_body_excerpt(capture.chunks, capture.status, content_type),
+        # An error page can be gzipped too (the check asks like a browser): show it decoded.
+        body_excerpt=_body_excerpt(capture.chunks if decode_error else decoded, capture.status, content_type),
     )
 
 
