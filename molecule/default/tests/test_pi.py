@@ -13,15 +13,35 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import BACKEND_PORT, PROBE
+from conftest import BACKEND_PORT, CERT, PROBE
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 
 
-def stream_check(host: Any, url: str) -> dict[str, Any]:
-    """Run the project's stream check module on the Pi; return its result, failed or not."""
-    result = host.ansible("pi5.streaming.stream_check", f"url={url}", check=False, become=True)
-    return result  # type: ignore[no-any-return]
+def stream_check(host: Any, http_version: str = "2", **options: Any) -> dict[str, Any]:
+    """Run the project's stream check module on the Pi, as a browser would ask: HTTPS with the
+    certificate's name; return its result, failed or not."""
+    name = host.backend.host
+    args = {
+        "url": f"https://{name}{PROBE}",
+        "resolve": [f"{name}:443:127.0.0.1"],
+        "cacert": CERT,
+        "http_version": http_version,
+        **options,
+    }
+    return host.ansible("pi5.streaming.stream_check", json.dumps(args), check=False, become=True)  # type: ignore[no-any-return]
+
+
+def playbook(host: Any, *args: str, roles: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run site.yml (or what args name) from the controller against this simulated Pi only."""
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
+    if roles:
+        env["ANSIBLE_ROLES_PATH"] = str(roles)
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.host, *args,
+         str(PROJECT / "site.yml")],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
 
 
 # --- Docker -----------------------------------------------------------------
@@ -108,24 +128,47 @@ def test_default_site_is_gone(host: Any, nginx_t: str) -> None:
     assert "# configuration file /etc/nginx/sites-enabled/default" not in nginx_t
 
 
-def test_nginx_listens_for_browsers(host: Any) -> None:
+def test_nginx_listens_for_browsers_on_http_and_https(host: Any) -> None:
     assert host.socket("tcp://0.0.0.0:80").is_listening
+    assert host.socket("tcp://0.0.0.0:443").is_listening
+
+
+def test_plain_http_redirects_to_https(host: Any) -> None:
+    out = host.check_output("curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/api/health")
+    assert out == "301 https://127.0.0.1/api/health"
+
+
+def test_certificate_is_valid_for_the_pi_name(host: Any) -> None:
+    name = host.backend.host
+    ok = host.run(f"curl -fsS --cacert {CERT} --resolve {name}:443:127.0.0.1 https://{name}/api/health")
+    assert ok.rc == 0, ok.stderr
+    wrong = host.run(f"curl -fsS --cacert {CERT} --resolve not-{name}:443:127.0.0.1 https://not-{name}/api/health")
+    assert wrong.rc == 60, "a name the certificate does not carry must not verify"
+
+
+def test_https_offers_http2_and_hides_the_version(host: Any) -> None:
+    out = host.check_output("curl -skS -D - -o /dev/null --http2 https://127.0.0.1/api/health")
+    assert out.startswith("HTTP/2 200")
+    assert not re.search(r"(?im)^server: nginx/", out)
 
 
 # --- The stream itself ------------------------------------------------------
 
-def test_tokens_stream_incrementally_through_nginx(host: Any) -> None:
-    result = stream_check(host, f"http://127.0.0.1{PROBE}")
-    assert result.get("verdict") == "incremental", result.get("msg")
-    assert result["events"] >= 20
-    # Spread like the emission (20 x 50 ms), not one burst.
-    assert result["span_ms"] >= 500
-    assert result["burst_share"] <= 0.5
+def test_tokens_stream_incrementally_through_nginx_over_http2_and_http11(host: Any) -> None:
+    for version, wire in (("2", "2"), ("1.1", "1.1")):
+        result = stream_check(host, http_version=version)
+        assert result.get("verdict") == "incremental", result.get("msg")
+        assert result["http_version"] == wire
+        assert result["events"] >= 20
+        # Spread like the emission (20 x 50 ms), not one burst.
+        assert result["span_ms"] >= 500
+        assert result["burst_share"] <= 0.5
+        assert result["integrity"] == "ok"
 
 
 def test_chat_endpoint_streams_sse_through_nginx(host: Any) -> None:
     out = host.check_output(
-        "curl -sS -N --max-time 20 -D - -X POST http://127.0.0.1/api/chat/message "
+        "curl -skS -N --max-time 20 -D - -X POST https://127.0.0.1/api/chat/message "
         "-H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
     )
     assert re.search(r"(?im)^content-type: text/event-stream", out)
@@ -145,15 +188,35 @@ def test_broken_site_template_fails_before_the_live_config_changes(host: Any, tm
         (tmp_path / shared).symlink_to(PROJECT / shared)
     template = roles / "nginx" / "templates" / "streaming-site.conf.j2"
     template.write_text(template.read_text().replace("proxy_buffering {{", "proxy_bufering {{"))
-    env = {**os.environ, "ANSIBLE_ROLES_PATH": str(roles), "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
-    env.pop("ANSIBLE_ROLES_PATH_OVERRIDE", None)
-    run = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.host,
-         str(PROJECT / "site.yml")],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )
+    run = playbook(host, roles=roles)
     assert run.returncode != 0, run.stdout[-2000:]
     assert "Render the streaming site and check it with nginx -t" in run.stdout
     assert 'unknown directive "proxy_bufering"' in run.stdout + run.stderr
     assert host.file(live).sha256sum == before
-    assert stream_check(host, f"http://127.0.0.1{PROBE}").get("verdict") == "incremental"
+    assert stream_check(host).get("verdict") == "incremental"
+
+
+def test_change_that_passes_nginx_t_but_breaks_the_stream_is_rolled_back(host: Any) -> None:
+    live = "/etc/nginx/sites-available/pi5-streaming.conf"
+    before = host.file(live).sha256sum
+    # Narrowing the stream location is valid nginx, but the probe then gets 404.
+    run = playbook(host, "-e", json.dumps({"nginx_stream_locations": [{"path": "/api/chat"}]}))
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "Tokens do not stream" in run.stdout
+    assert "The previous config was restored and reloaded" in run.stdout
+    assert host.file(live).sha256sum == before
+    assert stream_check(host).get("verdict") == "incremental"
+
+
+def test_streams_in_flight_survive_a_reload(host: Any) -> None:
+    """Old workers finish open streams after a graceful reload; nothing is lost."""
+    with host.sudo():
+        out = host.check_output(
+            "sh -c 'curl -skN --max-time 30 \"https://127.0.0.1/api/probe/stream?tokens=60&interval_ms=50\" "
+            "> /tmp/reload-stream.txt & sleep 1; systemctl reload nginx; wait; cat /tmp/reload-stream.txt'"
+        )
+    events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    tokens = [e for e in events if e["type"] == "token"]
+    assert len(tokens) == 60
+    assert events[-1]["type"] == "done"
+    assert events[-1]["content"]["tokens"] == 60
