@@ -68,12 +68,14 @@ test: lint unit molecule  ## Everything CI runs
 demo: venv images  ## Provision a simulated Pi (container pi5-sim) and show the verified stream
 	$(BIN)/molecule converge -s demo
 	@echo
-	@echo "The stream check, from this machine through the simulated Pi's nginx:"
-	bin/stream-check 'http://127.0.0.1:8080/api/probe/stream?tokens=20&interval_ms=50'
+	# The Pi made a self-signed certificate (for localhost, among others): trust it here.
+	mkdir -p .cache && docker exec pi5-sim cat /etc/nginx/pi5-tls/cert.pem >.cache/pi5-sim-cert.pem
+	@echo "The stream check, from this machine through the simulated Pi's nginx (HTTPS, HTTP/2):"
+	bin/stream-check --cacert .cache/pi5-sim-cert.pem --http2 'https://localhost:8443/api/probe/stream?tokens=20&interval_ms=50'
 	@echo
 	@echo "The simulated Pi runs as the container pi5-sim (docker exec -it pi5-sim bash)."
 	@echo "Stream a reply through its nginx from this machine:"
-	@echo "  curl -N -X POST http://127.0.0.1:8080/api/chat/message -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
+	@echo "  curl -N --cacert .cache/pi5-sim-cert.pem -X POST https://localhost:8443/api/chat/message -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
 	@echo "Remove it with: make demo-clean"
 
 demo-clean:  ## Remove the simulated Pi of `make demo`

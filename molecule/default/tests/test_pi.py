@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import BACKEND_PORT, CERT, PROBE
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
@@ -220,3 +221,46 @@ def test_streams_in_flight_survive_a_reload(host: Any) -> None:
     assert len(tokens) == 60
     assert events[-1]["type"] == "done"
     assert events[-1]["content"]["tokens"] == 60
+
+
+# --- The backend's contract -------------------------------------------------
+
+def test_backend_restart_ends_open_streams_with_an_event_and_recovers(host: Any) -> None:
+    """A restart (upgrade, crash, reboot) must end a stream with something the client can act on."""
+    with host.sudo():
+        out = host.check_output(
+            "sh -c 'curl -skN --max-time 60 \"https://127.0.0.1/api/probe/stream?tokens=400&interval_ms=50\" "
+            "> /tmp/restart-stream.txt & sleep 2; docker restart backend >/dev/null; wait; cat /tmp/restart-stream.txt'"
+        )
+    events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    assert 0 < len([e for e in events if e["type"] == "token"]) < 400, "the stream was not open across the restart"
+    assert [e["type"] for e in events[-2:]] == ["error", "done"]
+    host.run("for i in $(seq 60); do curl -fs http://127.0.0.1:7776/api/health && break; sleep 1; done")
+    assert stream_check(host).get("verdict") == "incremental"
+
+
+def test_another_image_with_the_same_contract_runs_without_editing_the_role(host: Any) -> None:
+    if host.backend.host != "pi5-bookworm":
+        pytest.skip("the image contract does not depend on the Debian release; one Pi proves it")
+    with host.sudo():
+        host.check_output("docker tag pi5-streaming-backend:local example.org/team/chat-backend:1.0")
+    try:
+        run = playbook(host, "-e", "backend_image=example.org/team/chat-backend:1.0")
+        assert run.returncode == 0, run.stdout[-3000:]
+        with host.sudo():
+            image = host.check_output("docker inspect -f '{{.Config.Image}}' backend")
+        assert image == "example.org/team/chat-backend:1.0"
+        assert stream_check(host).get("verdict") == "incremental"
+    finally:
+        assert playbook(host).returncode == 0  # back to the reference image for the other tests
+
+
+def test_check_mode_shows_the_change_and_changes_nothing(host: Any) -> None:
+    live = "/etc/nginx/sites-available/pi5-streaming.conf"
+    before = host.file(live).sha256sum
+    run = playbook(host, "--check", "--diff", "-e", "nginx_stream_read_timeout_s=1800")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "-        proxy_read_timeout 3600s;" in run.stdout
+    assert "+        proxy_read_timeout 1800s;" in run.stdout
+    assert host.file(live).sha256sum == before
+    assert "proxy_read_timeout 3600s;" in host.file(live).content_string
