@@ -1,0 +1,596 @@
+"""The bench: provisioning times, latency at several concurrencies, capacity, fault drills.
+
+    python -m pi5bench [--only latency,capacity,...] [--levels 1,100,1000,2000] ...
+
+Every load phase runs the load generator on the Pi (docker exec into the
+simulated Pi, or ssh to a real one), so the direct path (the backend on
+127.0.0.1:7776) and the nginx path (HTTPS on localhost:443) are measured from
+the same place in the same run. Every phase and drill is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .remote import REMOTE_DIR, REPO, Pi
+from .stats import capacity_search, plan_phase, ratio
+
+SECTIONS = ("provisioning", "latency", "capacity", "drills")
+DRILLS = ("reload", "backend_restart", "slow_reader", "idle_heartbeats", "reboot")
+# The bench's settings for the simulated Pi (one converge, every phase and drill):
+# no probe rate limit, a 10 s send timeout, 1 s heartbeats under a 5 s read
+# timeout (the role's 4 x rule), and nginx sized for 2500 streams.
+BENCH_VARS: dict[str, Any] = {
+    "backend_env": {"BACKEND_PROBE_RATE_PER_S": "0", "BACKEND_SEND_TIMEOUT_S": "10"},
+    "backend_heartbeat_s": 1,
+    "nginx_stream_read_timeout_s": 5,
+    "nginx_max_streams": 2500,
+}
+LATENESS_LIMIT_MS = 100.0
+# A saturated backend emits late but stamps ts at the write, so lateness alone
+# would not see it: it must also deliver 90 % of the probe's 20 events/s.
+MIN_PACE = 0.9
+
+
+def log(message: str) -> None:
+    print(f"[bench {dt.datetime.now(dt.UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.pi = Pi(container=None if args.ssh else args.container, ssh=args.ssh)
+        self.results: dict[str, Any] = {
+            "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "target": args.ssh or f"container {args.container}",
+            "settings": {
+                "direct_url": args.direct_url,
+                "nginx_url": args.nginx_url,
+                "nginx_protocol": "HTTP/1.1 over TLS (ALPN http/1.1), certificate checked against " + args.cafile,
+                "interval_ms": args.interval_ms,
+                "ramp_per_s": args.ramp_per_s,
+                "window_s": args.window_s,
+                "workers": args.workers,
+                "bench_vars": BENCH_VARS,
+                "load": os.getloadavg(),
+            },
+        }
+        self.deadline = time.monotonic() + args.budget_s
+
+    # -- helpers ----------------------------------------------------------
+
+    def out_of_time(self, what: str) -> bool:
+        if time.monotonic() > self.deadline:
+            log(f"time budget spent: skipping {what}")
+            self.results.setdefault("skipped", []).append(what)
+            return True
+        return False
+
+    def phase(self, url: str, streams: int, **extra: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "url": url,
+            "streams": streams,
+            "ramp_per_s": self.args.ramp_per_s,
+            "interval_ms": self.args.interval_ms,
+            "workers": self.args.workers,
+            "backend_container": self.args.backend_container,
+        }
+        if url.startswith("https"):
+            spec.update(cafile=self.args.cafile, server_name=self.args.server_name)
+        spec.update(extra)
+        return self.pi.loadgen(spec, timeout_s=spec.get("timeout_s", 60) + 90)
+
+    def load_phase(self, path: str, streams: int) -> dict[str, Any]:
+        plan = plan_phase(streams, self.args.ramp_per_s, self.args.window_s, self.args.interval_ms)
+        url = self.args.direct_url if path == "direct" else self.args.nginx_url
+        window_mid = (plan.window_start_s + plan.window_end_s) / 2
+        figures = self.phase(
+            url,
+            streams,
+            tokens=plan.tokens,
+            window=[plan.window_start_s, plan.window_end_s],
+            timeout_s=plan.window_end_s + plan.ramp_s + 20,
+            sample_at_s=[plan.window_start_s, window_mid, plan.window_end_s],
+        )
+        figures["plan"] = plan.__dict__
+        lateness = figures["lateness_ms"]
+        log(
+            f"{path:6} {streams:5} streams: lateness p50 {lateness['p50']} p99 {lateness['p99']}"
+            f" max {lateness['max']} ms, pace {figures['delivered_share']},"
+            f" gap p99 {figures['emission_gap_ms']['p99']} ms, outcomes {figures['outcomes']},"
+            f" cpu {figures.get('cpu_cores')}"
+        )
+        return figures
+
+    @staticmethod
+    def passes(figures: dict[str, Any]) -> bool:
+        p99 = figures["lateness_ms"]["p99"]
+        pace = figures.get("delivered_share")
+        return (
+            p99 is not None
+            and p99 < LATENESS_LIMIT_MS
+            and (pace is None or pace >= MIN_PACE)
+            and figures["outcomes"].get("done", 0) == figures["streams"]
+        )
+
+    # -- sections ---------------------------------------------------------
+
+    def converge(self, label: str) -> dict[str, Any]:
+        """molecule converge of the demo scenario with the bench's settings; seconds and changed count."""
+        extra = json.dumps(BENCH_VARS)
+        start = time.monotonic()
+        proc = subprocess.run(
+            ["molecule", "converge", "-s", "demo", "--", "-e", extra],
+            cwd=self.args.project_dir,
+            env=tool_env(self.args.project_dir),
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        took = round(time.monotonic() - start, 1)
+        recap = re.findall(
+            r"changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
+            re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr),
+        )
+        result = {"seconds": took, "rc": proc.returncode, "recap": recap[-1] if recap else None}
+        log(f"{label} converge: {result}")
+        if proc.returncode != 0:
+            Path(self.args.results_dir, f"converge-{label}.log").write_text(proc.stdout[-20000:] + proc.stderr[-5000:])
+        return result
+
+    def provisioning(self) -> None:
+        prov: dict[str, Any] = {}
+        exists = (
+            subprocess.run(["docker", "inspect", str(self.args.container)], capture_output=True, check=False).returncode
+            == 0
+        )
+        if not self.args.ssh and self.args.converge != "none":
+            if self.args.converge == "cold" or (self.args.converge == "auto" and not exists):
+                if exists:
+                    subprocess.run(
+                        ["molecule", "destroy", "-s", "demo"],
+                        cwd=self.args.project_dir,
+                        env=tool_env(self.args.project_dir),
+                        capture_output=True,
+                        check=False,
+                    )
+                    subprocess.run(["docker", "volume", "rm", "-f", "pi5-sim-docker"], capture_output=True, check=False)
+                prov["cold_converge"] = self.converge("cold")
+                prov["cold_converge_s"] = prov["cold_converge"]["seconds"]
+            warm = [self.converge(f"warm-{i + 1}") for i in range(self.args.warm_runs)]
+            prov["warm_converges"] = warm
+            if warm:
+                prov["warm_converge_median_s"] = statistics.median(w["seconds"] for w in warm)
+        if self.args.cold_converge_s is not None and "cold_converge_s" not in prov:
+            prov["cold_converge_s"] = self.args.cold_converge_s
+            prov["cold_converge_note"] = "timed outside this run (--cold-converge-s), same command"
+        self.install()
+        prov.update(self.stream_check_times())
+        self.results["provisioning"] = prov
+
+    def install(self) -> None:
+        """The bench on the Pi, and the hops of playbooks/verify.yml for bin/stream-check."""
+        self.pi.install_bench()
+        probe = f"/api/probe/stream?tokens=20&interval_ms={self.args.interval_ms}"
+        hops = [
+            {"name": "backend", "url": self.args.direct_url + probe},
+            {"name": "nginx-h2", "url": self.args.nginx_url + probe, "cacert": self.args.cafile, "http_version": "2"},
+            {
+                "name": "nginx-h1.1",
+                "url": self.args.nginx_url + probe,
+                "cacert": self.args.cafile,
+                "http_version": "1.1",
+            },
+        ]
+        self.pi.run(["sh", "-c", f"cat > {REMOTE_DIR}/hops.json <<'EOF'\n{json.dumps(hops)}\nEOF"])
+
+    def stream_check_times(self) -> dict[str, Any]:
+        """bin/stream-check on the Pi over the same hops as playbooks/verify.yml, 5 runs."""
+        times, verdicts = [], []
+        for _ in range(self.args.check_runs):
+            start = time.monotonic()
+            proc = self.pi.run(["python3", f"{REMOTE_DIR}/bin/stream-check", "--hops-file", f"{REMOTE_DIR}/hops.json"])
+            times.append(round(time.monotonic() - start, 2))
+            verdicts.append(proc.returncode)
+        log(f"stream check (3 hops, on the Pi): {times} s, exit codes {verdicts}")
+        return {
+            "stream_check_runs_s": times,
+            "stream_check_median_s": statistics.median(times),
+            "stream_check_exit_codes": verdicts,
+        }
+
+    def latency(self) -> None:
+        latency: dict[str, dict[str, Any]] = {}
+        for streams in self.args.levels:
+            if self.out_of_time(f"latency at {streams}"):
+                break
+            rounds = self.args.repeat if streams <= self.args.repeat_up_to else 1
+            runs = [{path: self.load_phase(path, streams) for path in ("direct", "nginx")} for _ in range(rounds)]
+            latency[str(streams)] = median_round(runs)
+            self.results["latency"] = latency
+            self.save()
+        self.results["latency"] = latency
+        self.results["memory_per_stream_kb"] = memory_per_stream(latency)
+
+    def capacity(self) -> None:
+        capacity: dict[str, Any] = {}
+        for path in ("direct", "nginx"):
+            known = {int(n): self.passes(p[path]) for n, p in self.results.get("latency", {}).items() if path in p}
+            measured: dict[int, dict[str, Any]] = {}
+
+            def passes(
+                streams: int,
+                path: str = path,
+                known: dict[int, bool] = known,
+                measured: dict[int, dict[str, Any]] = measured,
+            ) -> bool:
+                if streams in known:
+                    return known[streams]
+                if self.out_of_time(f"capacity {path} {streams}"):
+                    return False
+                figures = self.load_phase(path, streams)
+                measured[streams] = {
+                    k: figures[k]
+                    for k in ("lateness_ms", "delivered_share", "emission_gap_ms", "outcomes", "cpu_cores")
+                    if k in figures
+                }
+                return self.passes(figures)
+
+            passing = [n for n, ok in known.items() if ok]
+            failing = [n for n, ok in known.items() if not ok and n > max(passing, default=0)]
+            low = max(passing, default=self.args.capacity_low)
+            high = min(failing, default=self.args.capacity_high)
+            found, trials = capacity_search(
+                passes,
+                low,
+                max(high, low),
+                self.args.capacity_steps,
+                self.args.capacity_resolution,
+                high_fails=bool(failing),
+            )
+            capacity[path] = {"streams": found, "trials": trials, "measured": measured, "bounds": [low, high]}
+            log(f"capacity {path}: {found} streams (trials {trials})")
+            self.results["capacity"] = capacity
+            self.save()
+
+    # -- drills -----------------------------------------------------------
+
+    def drills(self) -> None:
+        drills: dict[str, Any] = self.results.setdefault("drills", {})
+        table: dict[str, Callable[[], dict[str, Any]]] = {
+            "reload": self.drill_reload,
+            "backend_restart": self.drill_backend_restart,
+            "slow_reader": self.drill_slow_reader,
+            "idle_heartbeats": self.drill_idle_heartbeats,
+            "reboot": self.drill_reboot,
+        }
+        for name in self.args.drills:
+            if self.out_of_time(f"drill {name}"):
+                break
+            log(f"drill {name} ...")
+            try:
+                drills[name] = table[name]()
+            except (RuntimeError, subprocess.SubprocessError, ValueError, KeyError) as exc:
+                drills[name] = {"verdict": f"FAILED to run: {exc}"[:300]}
+            log(f"drill {name}: {drills[name].get('verdict')}")
+            self.save()
+
+    def drill_reload(self) -> dict[str, Any]:
+        streams = self.args.drill_streams
+        figures = self.phase(
+            self.args.nginx_url,
+            streams,
+            tokens=100,
+            timeout_s=40,
+            action_at_s=streams / self.args.ramp_per_s + 1.0,
+            action_argv=["systemctl", "reload", "nginx"],
+            sample_at_s=[0.5],
+        )
+        ok = figures["events_lost"] == 0 and figures["streams_dropped"] == 0 and figures["integrity"] == {"ok": streams}
+        figures["verdict"] = (
+            f"{'PASS' if ok else 'FAIL'}: {streams} streams through nginx across a reload:"
+            f" {figures['events_lost']} events lost,"
+            f" {figures['streams_dropped']} streams dropped, integrity {figures['integrity']}"
+        )
+        return figures
+
+    def drill_backend_restart(self) -> dict[str, Any]:
+        streams = self.args.drill_streams
+        figures = self.phase(
+            self.args.nginx_url,
+            streams,
+            tokens=300,
+            timeout_s=60,
+            action_at_s=streams / self.args.ramp_per_s + 1.0,
+            action_argv=["docker", "restart", self.args.backend_container],
+            recover_url=self.args.nginx_url,
+            recover_timeout_s=90,
+        )
+        action = figures.get("action", {})
+        recovered = action.get("new_stream_ok_after_s")
+        actionable = figures["streams_error_done"]
+        ok = actionable == streams and recovered is not None
+        figures["verdict"] = (
+            f"{'PASS' if ok else 'FAIL'}: {actionable}/{streams} streams ended with error+done,"
+            f" {figures['streams_dropped']} cut"
+            f" without done; a new stream through nginx worked {recovered} s after the restart began"
+            f" (docker restart took {action.get('took_s')} s)"
+        )
+        return figures
+
+    def drill_slow_reader(self) -> dict[str, Any]:
+        """Clients that read the headers, then nothing: memory over time must stay flat."""
+        hold_s = self.args.slow_hold_s
+        results: dict[str, Any] = {}
+        for path, url in (("nginx", self.args.nginx_url), ("direct", self.args.direct_url)):
+            since = dt.datetime.now(dt.UTC).isoformat()
+            figures = self.phase(
+                url,
+                self.args.slow_streams,
+                tokens=500,
+                interval_ms=0,
+                query="&big_kb=256",
+                hold_without_reading_s=hold_s,
+                rcvbuf=4096,
+                timeout_s=hold_s + 15,
+                sample_at_s=[round(i * hold_s / 10, 1) for i in range(11)],
+            )
+            logs = self.pi.run(["docker", "logs", "--since", since, self.args.backend_container], timeout_s=30)
+            figures["backend_dropped_slow_clients"] = (logs.stdout + logs.stderr).count("stopped reading")
+            figures["series"] = [
+                {
+                    "t_s": s["t_s"],
+                    "nginx_rss_kb": s["nginx_rss_kb"],
+                    "backend_rss_kb": s["backend_rss_kb"],
+                    "backend_cgroup_kb": s["backend_cgroup_kb"],
+                }
+                for s in figures["samples"]
+            ]
+            results[path] = {k: figures[k] for k in ("outcomes", "series", "backend_dropped_slow_clients", "idle")}
+        verdicts = []
+        for path, figures in results.items():
+            series = figures["series"]
+            first, peak, last = series[0], max(series, key=lambda s: s["backend_rss_kb"]), series[-1]
+            verdicts.append(
+                f"{path}: nginx RSS {first['nginx_rss_kb']}->{last['nginx_rss_kb']} KiB, backend RSS"
+                f" {first['backend_rss_kb']}->{peak['backend_rss_kb']} (peak)->{last['backend_rss_kb']} KiB,"
+                f" backend dropped {figures['backend_dropped_slow_clients']}/{self.args.slow_streams} slow clients"
+            )
+        results["verdict"] = f"{self.args.slow_streams} non-reading clients for {hold_s} s: " + "; ".join(verdicts)
+        return results
+
+    def drill_idle_heartbeats(self) -> dict[str, Any]:
+        nginx_t = self.pi.run(["sh", "-c", "nginx -T 2>/dev/null | grep -m1 proxy_read_timeout"]).stdout.strip()
+        streams = self.args.idle_streams
+        silence_ms = self.args.idle_silence_ms
+        alive = self.phase(
+            self.args.nginx_url,
+            streams,
+            tokens=2,
+            query=f"&silence_ms={silence_ms}&heartbeat_ms=1000",
+            timeout_s=streams / self.args.ramp_per_s + silence_ms / 1000 + 20,
+            sample_at_s=[streams / self.args.ramp_per_s + 3],
+        )
+        # The control: heartbeats slower than the read timeout must be cut, or the timeout was not live.
+        control = self.phase(
+            self.args.nginx_url,
+            10,
+            tokens=2,
+            query=f"&silence_ms={silence_ms}&heartbeat_ms=20000",
+            timeout_s=silence_ms / 1000 + 20,
+        )
+        ok = alive["outcomes"].get("done", 0) == streams and control["outcomes"].get("done", 0) == 0
+        return {
+            "nginx_read_timeout": nginx_t,
+            "alive": alive,
+            "control_no_heartbeat": control,
+            "verdict": (
+                f"{'PASS' if ok else 'FAIL'}: {alive['outcomes'].get('done', 0)}/{streams} streams"
+                f" silent for {silence_ms / 1000:.0f} s"
+                f" ({nginx_t}) kept alive by 1 s heartbeats (min {alive['heartbeats_min']} heartbeats each);"
+                f" control with 20 s heartbeats: {control['outcomes']}"
+            ),
+        }
+
+    def drill_reboot(self) -> dict[str, Any]:
+        if self.args.ssh:
+            return {"verdict": "skipped on a real Pi (run it by hand: sudo reboot, then bin/stream-check)"}
+        start = time.monotonic()
+        subprocess.run(["docker", "restart", str(self.args.container)], check=True, capture_output=True, timeout=120)
+        restarted = round(time.monotonic() - start, 1)
+        check = ["python3", f"{REMOTE_DIR}/bin/stream-check", "--hops-file", f"{REMOTE_DIR}/hops.json"]
+        waited = self.pi.wait_until(check, timeout_s=self.args.reboot_timeout_s)
+        total = None if waited is None else round(time.monotonic() - start, 1)
+        host_check = subprocess.run(
+            [
+                str(REPO / "bin/stream-check"),
+                "--cacert",
+                str(self.cert()),
+                "--http2",
+                f"https://localhost:8443/api/probe/stream?tokens=20&interval_ms={self.args.interval_ms}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        ok = total is not None and host_check.returncode == 0
+        return {
+            "docker_restart_s": restarted,
+            "to_passing_check_s": total,
+            "host_check_rc": host_check.returncode,
+            "verdict": (
+                f"{'PASS' if ok else 'FAIL'}: after `docker restart {self.args.container}` ({restarted} s)"
+                f" the 3-hop stream check passed on its own {total} s after the restart began;"
+                f" from the host through 8443: exit {host_check.returncode}"
+            ),
+        }
+
+    def cert(self) -> Path:
+        path = Path(self.args.results_dir).parent / ".cache" / "pi5-sim-cert.pem"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.pi.run(["cat", self.args.cafile]).stdout)
+        return path
+
+    # -- output -----------------------------------------------------------
+
+    def save(self) -> None:
+        directory = Path(self.args.results_dir)
+        previous = directory / "latest.json"
+        results = self.results
+        if self.args.only and previous.exists():
+            results = report.merge(json.loads(previous.read_text()), self.results, self.args.only)
+        if results.get("latency"):
+            results["memory_per_stream_kb"] = memory_per_stream(results["latency"])
+        report.write(results, directory)
+
+    def run(self) -> int:
+        sections = self.args.only or list(SECTIONS)
+        previous = Path(self.args.results_dir, "latest.json")
+        if self.args.only and previous.exists():  # e.g. a capacity search seeded by the last latency run
+            kept = json.loads(previous.read_text())
+            keep = (*SECTIONS, "memory_per_stream_kb")
+            self.results.update({k: kept[k] for k in keep if k in kept and k not in sections})
+            self.results["drills"] = kept.get("drills", {})  # drills not rerun keep their last result
+        if "provisioning" in sections:
+            self.provisioning()
+        else:
+            self.install()
+        for name in ("latency", "capacity", "drills"):
+            if name in sections:
+                getattr(self, name)()
+        self.results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.save()
+        print(Path(self.args.results_dir, "latest.md").read_text())
+        return 0
+
+
+def median_round(runs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Of several direct+nginx rounds at one level, each path's round with the median p99, and every round's p99s.
+
+    The ratio nginx/direct is taken per round (both paths measured back to back) and its median kept.
+    """
+    chosen: dict[str, Any] = {}
+    for path in ("direct", "nginx"):
+        ordered = sorted(runs, key=lambda r: r[path]["lateness_ms"]["p99"] or 0.0)
+        chosen[path] = ordered[(len(ordered) - 1) // 2][path]
+    p99s = {path: [r[path]["lateness_ms"]["p99"] for r in runs] for path in ("direct", "nginx")}
+    ratios = [ratio(n, d) for n, d in zip(p99s["nginx"], p99s["direct"], strict=True)]
+    known = [r for r in ratios if r is not None]
+    chosen["rounds"] = {
+        "p99_ms": p99s,
+        "p99_ratios": ratios,
+        "median_ratio": statistics.median(known) if known else None,
+    }
+    return chosen
+
+
+def tool_env(project_dir: str) -> dict[str, str]:
+    """molecule and ansible from the repository's venv (as make runs them), with the project's ansible.cfg."""
+    path = f"{REPO / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "ANSIBLE_CONFIG": str(Path(project_dir, "ansible.cfg"))}
+
+
+def memory_per_stream(latency: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """(mid-window minus idle) / N for nginx workers' RSS and the backend, at the largest N where every stream ended."""
+    out: dict[str, float] = {}
+    for level in sorted(latency, key=int, reverse=True):
+        streams = int(level)
+        if streams < 100:
+            continue
+        nginx = latency[level].get("nginx", {})
+        direct = latency[level].get("direct", {})
+        if any(p.get("outcomes", {}).get("done", 0) != streams for p in (nginx, direct)):
+            continue  # streams that failed or never opened hold no memory: not a per-stream figure
+        if len(nginx.get("samples", [])) >= 2:
+            mid, idle = nginx["samples"][1], nginx["idle"]
+            out[f"nginx_rss_at_{streams}"] = round((mid["nginx_rss_kb"] - idle["nginx_rss_kb"]) / streams, 1)
+        if len(direct.get("samples", [])) >= 2:
+            mid, idle = direct["samples"][1], direct["idle"]
+            out[f"backend_rss_at_{streams}"] = round((mid["backend_rss_kb"] - idle["backend_rss_kb"]) / streams, 1)
+            if mid.get("backend_cgroup_kb") and idle.get("backend_cgroup_kb"):
+                out[f"backend_cgroup_at_{streams}"] = round(
+                    (mid["backend_cgroup_kb"] - idle["backend_cgroup_kb"]) / streams, 1
+                )
+        if out:
+            break
+    return out
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
+    def names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+        def parse(text: str) -> list[str]:
+            chosen = [x for x in text.split(",") if x]
+            unknown = set(chosen) - set(allowed)
+            if unknown:
+                raise argparse.ArgumentTypeError(f"unknown: {sorted(unknown)}; choose from {allowed}")
+            return chosen
+
+        return parse
+
+    p = argparse.ArgumentParser(
+        prog="python -m pi5bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    target = p.add_argument_group("target")
+    target.add_argument("--container", default="pi5-sim", help="the simulated Pi (docker exec) (pi5-sim)")
+    target.add_argument(
+        "--ssh", help="a real Pi instead: user@host with passwordless sudo; no converge, no reboot drill"
+    )
+    target.add_argument("--direct-url", default="http://127.0.0.1:7776", help="the backend, as seen on the Pi")
+    target.add_argument("--nginx-url", default="https://localhost:443", help="nginx, as seen on the Pi")
+    target.add_argument("--cafile", default="/etc/nginx/pi5-tls/cert.pem", help="CA for nginx's certificate, on the Pi")
+    target.add_argument("--server-name", default="localhost", help="TLS name to ask nginx for")
+    target.add_argument("--backend-container", default="backend", help="the backend's container on the Pi")
+    target.add_argument("--project-dir", default=str(REPO), help="where `molecule converge -s demo` runs")
+    run = p.add_argument_group("what and how long")
+    run.add_argument("--only", type=names(SECTIONS), default=None, help=f"comma list of {','.join(SECTIONS)}")
+    run.add_argument(
+        "--converge",
+        choices=("auto", "cold", "warm", "none"),
+        default="auto",
+        help="auto: cold when pi5-sim is missing, else one converge with the bench settings",
+    )
+    run.add_argument("--cold-converge-s", type=float, help="record a cold converge timed outside this run")
+    run.add_argument("--warm-runs", type=int, default=2, help="timed re-runs that must change nothing (2)")
+    run.add_argument("--check-runs", type=int, default=5, help="timed stream checks (5)")
+    run.add_argument("--levels", type=ints, default=[1, 100, 1000, 2000], help="concurrent streams (1,100,1000,2000)")
+    run.add_argument("--repeat", type=int, default=3, help="rounds per level, median kept (3)")
+    run.add_argument("--repeat-up-to", type=int, default=1000, help="levels above this run once (1000)")
+    run.add_argument("--interval-ms", type=int, default=50, help="probe interval: 50 = 20 events/s per stream")
+    run.add_argument("--ramp-per-s", type=float, default=250.0, help="new connections per second (250)")
+    run.add_argument("--window-s", type=float, default=6.0, help="measurement window with every stream open (6)")
+    run.add_argument("--workers", type=int, default=2, help="load generator processes (2)")
+    run.add_argument("--capacity-low", type=int, default=100)
+    run.add_argument("--capacity-high", type=int, default=2000)
+    run.add_argument("--capacity-steps", type=int, default=3, help="extra load phases per path for the search (3)")
+    run.add_argument("--capacity-resolution", type=int, default=100)
+    run.add_argument("--drills", type=names(DRILLS), default=list(DRILLS), help=f"comma list of {','.join(DRILLS)}")
+    run.add_argument("--drill-streams", type=int, default=200, help="streams open during reload/restart (200)")
+    run.add_argument("--slow-streams", type=int, default=50)
+    run.add_argument("--slow-hold-s", type=float, default=25.0)
+    run.add_argument("--idle-streams", type=int, default=1000)
+    run.add_argument("--idle-silence-ms", type=int, default=15000, help="3 x the bench's 5 s read timeout (15000)")
+    run.add_argument("--reboot-timeout-s", type=float, default=240)
+    run.add_argument("--budget-s", type=float, default=1500, help="stop starting new phases after this long (1500)")
+    run.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return Bench(parse_args(sys.argv[1:] if argv is None else argv)).run()

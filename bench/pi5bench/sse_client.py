@@ -1,0 +1,243 @@
+"""One SSE stream over asyncio: HTTP/1.1 (TLS optional), chunked decoding, per-event timing.
+
+Runs on the Pi's system python3 (standard library only). Event parsing, relative
+lateness and the integrity check are the stream check core's (``stream_check``):
+its ``SseParser`` is incremental (``feed(bytes, at)``), so thousands of streams
+share it as is. What the core does not have, because it reads curl's output, is
+HTTP: the request, the status line and the chunked framing; those are here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .core import core
+
+
+class ChunkedDecoder:
+    """Incremental decoder of HTTP/1.1 chunked transfer coding; ``finished`` after the last chunk."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._remaining = 0  # bytes of the current chunk still to come
+        self._need_crlf = False
+        self.finished = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = bytearray()
+        while not self.finished:
+            if self._remaining:
+                take = self._buffer[: self._remaining]
+                out += take
+                self._buffer = self._buffer[len(take) :]
+                self._remaining -= len(take)
+                if self._remaining:
+                    break
+                self._need_crlf = True
+            if self._need_crlf:
+                if len(self._buffer) < 2:
+                    break
+                self._buffer = self._buffer[2:]
+                self._need_crlf = False
+            line_end = self._buffer.find(b"\r\n")
+            if line_end < 0:
+                break
+            size = int(self._buffer[:line_end].split(b";", 1)[0].strip() or b"0", 16)
+            self._buffer = self._buffer[line_end + 2 :]
+            if size == 0:
+                self.finished = True
+            self._remaining = size
+        return bytes(out)
+
+
+@dataclass
+class StreamResult:
+    """What one stream delivered; lateness lists hold only events inside the measurement window."""
+
+    outcome: str = "pending"  # done | error_done | eof | timeout | http_<status> | connect_error | held
+    status: int | None = None
+    tokens: int = 0
+    done_tokens: int | None = None
+    integrity: str = "not_checked"
+    error_events: int = 0
+    heartbeats: int = 0
+    opened_at: float = 0.0
+    ended_at: float = 0.0
+    detail: str = ""
+    lateness_ms: list[float] = field(default_factory=list)  # arrival - ts (one clock)
+    relative_ms: list[float] = field(default_factory=list)  # the core's relative_lateness
+    gap_ms: list[float] = field(default_factory=list)  # ts_i - ts_(i-1) - interval: the backend's own lag per event
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    cafile: str | None = None
+    server_name: str | None = None  # TLS name when it differs from the URL's host
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def endpoint(self) -> tuple[str, int, bool, str]:
+        parts = urlsplit(self.url)
+        tls = parts.scheme == "https"
+        port = parts.port or (443 if tls else 80)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return parts.hostname or "localhost", port, tls, path
+
+
+def tls_context(cafile: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=cafile)
+    if cafile is None:  # no certificate given: measure anyway, as curl -k
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+def request_bytes(host: str, path: str, headers: tuple[tuple[str, str], ...]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Accept: text/event-stream", "Cache-Control: no-cache"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class _Timing:
+    """Per-event lateness as the events arrive, kept only inside the window."""
+
+    def __init__(self, result: StreamResult, interval_ms: float, window: tuple[float, float]) -> None:
+        self.result = result
+        self.interval_ms = interval_ms
+        self.window = window
+        self.arrivals: list[float] = []
+        self.emitted: list[float] = []
+        self.in_window: list[bool] = []
+
+    def add(self, arrival_ms: float, ts_ms: float) -> None:
+        self.arrivals.append(arrival_ms)
+        self.emitted.append(ts_ms)
+        self.in_window.append(self.window[0] <= arrival_ms / 1000.0 <= self.window[1])
+
+    def finish(self) -> None:
+        if not self.arrivals:
+            return
+        relative = core.relative_lateness(self.arrivals, list(self.emitted))
+        for index, keep in enumerate(self.in_window):
+            if not keep:
+                continue
+            self.result.lateness_ms.append(round(self.arrivals[index] - self.emitted[index], 2))
+            if relative:
+                self.result.relative_ms.append(round(relative[index], 2))
+            if index:
+                self.result.gap_ms.append(round(self.emitted[index] - self.emitted[index - 1] - self.interval_ms, 2))
+
+
+async def _connect(
+    target: Target, timeout_s: float, rcvbuf: int | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    host, port, tls, path = target.endpoint()
+    context = tls_context(target.cafile) if tls else None
+    sock = None
+    if rcvbuf:  # a small receive buffer makes a client that stops reading push back sooner
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout_s)
+    kwargs: dict[str, Any] = {"limit": 1 << 20}
+    if context is not None:
+        kwargs.update(ssl=context, server_hostname=target.server_name or host)
+    if sock is not None:
+        opened = asyncio.open_connection(sock=sock, **kwargs)
+    else:
+        opened = asyncio.open_connection(host, port, **kwargs)
+    reader, writer = await asyncio.wait_for(opened, timeout_s)
+    return reader, writer, path
+
+
+async def run_stream(
+    target: Target,
+    *,
+    interval_ms: float,
+    window: tuple[float, float] = (0.0, float("inf")),
+    deadline: float,
+    hold_without_reading_s: float = 0.0,
+    rcvbuf: int | None = None,
+) -> StreamResult:
+    """Open one stream, time every token event until ``done``, EOF or ``deadline`` (epoch s)."""
+    result = StreamResult(opened_at=time.time())
+    timing = _Timing(result, interval_ms, window)
+    parser = core.SseParser()
+    seen = 0
+    contents: list[str] = []
+    writer: asyncio.StreamWriter | None = None
+    try:
+        reader, writer, path = await _connect(target, max(deadline - time.time(), 0.1), rcvbuf)
+        host = target.server_name or target.endpoint()[0]
+        writer.write(request_bytes(host, path, target.headers))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), max(deadline - time.time(), 0.1))
+        status_line, _, header_block = head.partition(b"\r\n")
+        result.status = int(status_line.split(b" ", 2)[1])
+        if result.status != 200:
+            result.outcome = f"http_{result.status}"
+            return result
+        if hold_without_reading_s:
+            await asyncio.sleep(hold_without_reading_s)
+            result.outcome = "held"
+            return result
+        chunked = b"transfer-encoding: chunked" in header_block.lower()
+        decoder = ChunkedDecoder() if chunked else None
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                result.outcome = "timeout"
+                break
+            data = await asyncio.wait_for(reader.read(65536), remaining)
+            now_ms = time.time() * 1000.0
+            if not data:
+                result.outcome = "eof"
+                break
+            body = decoder.feed(data) if decoder is not None else data
+            parser.feed(body, now_ms)
+            for event in parser.events[seen:]:
+                seen += 1
+                payload = json.loads(event.data) if event.data.startswith("{") else {}
+                kind = payload.get("type")
+                if kind == "token":
+                    result.tokens += 1
+                    contents.append(str(payload.get("content", "")))
+                    ts = payload.get("ts")
+                    if isinstance(ts, (int, float)):
+                        timing.add(now_ms, float(ts))
+                elif kind == "error":
+                    result.error_events += 1
+                elif kind == "done":
+                    summary = payload.get("content")
+                    if isinstance(summary, dict):
+                        result.done_tokens = summary.get("tokens")
+                        result.integrity = core.check_integrity(contents, summary)[0]
+                    result.outcome = "error_done" if result.error_events else "done"
+            if result.outcome in ("done", "error_done"):
+                break
+            if decoder is not None and decoder.finished:
+                result.outcome = "eof"
+                break
+    except TimeoutError:
+        result.outcome = "timeout"
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as exc:
+        result.outcome = "eof" if result.status == 200 else "connect_error"
+        result.detail = f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        result.ended_at = time.time()
+        result.heartbeats = sum(1 for comment in parser.comments if comment.text == "keepalive")
+        timing.finish()
+        if writer is not None:
+            writer.close()
+    return result
