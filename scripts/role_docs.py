@@ -42,7 +42,9 @@ def render_option(name: str, spec: dict[str, Any], level: int = 3) -> list[str]:
         facts.append(f"default `{yaml.safe_dump(spec['default'], default_flow_style=True, width=1000).strip().removesuffix('...').strip()}`")
     if spec.get("no_log"):
         facts.append("secret (keep it in the vault)")
-    lines = [f"{'#' * level} `{name}`", "", describe(spec.get("description", "")), "", "; ".join(facts).capitalize() + ".", ""]
+    summary = "; ".join(facts)
+    # Not str.capitalize(): it lowercases the rest (a default of Etc/UTC would read etc/utc).
+    lines = [f"{'#' * level} `{name}`", "", describe(spec.get("description", "")), "", summary[:1].upper() + summary[1:] + ".", ""]
     for sub_name, sub_spec in (spec.get("options") or {}).items():
         lines += render_option(f"{name}[].{sub_name}", sub_spec, level + 1)
     return lines

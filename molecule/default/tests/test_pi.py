@@ -45,6 +45,34 @@ def playbook(host: Any, *args: str, roles: Path | None = None) -> subprocess.Com
     )
 
 
+# --- Base system (pi_base) --------------------------------------------------
+
+def test_sshd_takes_keys_only_and_refuses_root(host: Any) -> None:
+    effective = host.run("sshd -T -C user=pi,host=pi5,addr=127.0.0.1")
+    assert effective.rc == 0, effective.stderr
+    settings = dict(line.split(" ", 1) for line in effective.stdout.splitlines() if " " in line)
+    assert settings["passwordauthentication"] == "no"
+    assert settings["kbdinteractiveauthentication"] == "no"
+    assert settings["permitrootlogin"] == "no"
+
+
+def test_firewall_drops_by_default_and_leaves_dockers_tables_alone(host: Any) -> None:
+    ours = host.run("nft -s list table inet pi5_firewall")
+    assert ours.rc == 0, ours.stderr
+    assert "hook input" in ours.stdout and "policy drop" in ours.stdout
+    assert "hook forward" not in ours.stdout
+    allowed = re.search(r"tcp dport \{ ([0-9, ]+) \}", ours.stdout)
+    assert allowed and {int(p) for p in allowed.group(1).split(",")} == {22, 80, 443}
+    # The backend's published port still goes through Docker's own NAT table.
+    assert f"dport {BACKEND_PORT}" in host.run("nft list table ip nat").stdout
+
+
+def test_journal_is_capped_to_spare_the_sd_card(host: Any) -> None:
+    conf = host.file("/etc/systemd/journald.conf.d/50-pi5-sdcard.conf").content_string
+    assert "SystemMaxUse=64M" in conf
+    assert host.run("systemd-analyze cat-config systemd/journald.conf").stdout.count("SystemMaxUse=64M") == 1
+
+
 # --- Docker -----------------------------------------------------------------
 
 def test_docker_engine_is_enabled_and_running(host: Any) -> None:

@@ -1,0 +1,122 @@
+"""The Pi 5 boot settings, the detection that guards them, and the health report, on stand-in files.
+
+The boot directory is a variable (pi_base_boot_dir), so the same tasks site.yml runs on a Pi 5 run
+here on a copy of its boot partition; the reboot is off (and this machine is no Pi 5 anyway).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, failures, make_inventory, messages, run_playbook
+
+APPLY = ROOT / "tests" / "pi_base" / "apply_tasks.yml"
+CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
+CONFIG_TXT = "# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\n\n[cm5]\ndtoverlay=dwc2,dr_mode=host\n"
+
+
+@pytest.fixture()
+def boot(tmp_path: Path) -> Path:
+    directory = tmp_path / "firmware"
+    directory.mkdir()
+    (directory / "cmdline.txt").write_text(CMDLINE)
+    (directory / "config.txt").write_text(CONFIG_TXT)
+    return directory
+
+
+def apply(tmp: Path, tasks: str, extra: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    inventory = tmp / "inventory"
+    hosts = inventory / "hosts.yml" if inventory.exists() else make_inventory(inventory)
+    return run_playbook(APPLY, hosts, {"role": "pi_base", "tasks": tasks, **extra}, env=env)
+
+
+def apply_boot(boot: Path, **extra: Any) -> dict[str, Any]:
+    settings = {"pi_base_boot_dir": str(boot), "pi_base_reboot": False, "pi_base_board_model": "", "pi_base_page_size": 4096}
+    report = apply(boot.parent, "boot.yml", {**settings, **extra})
+    assert report["returncode"] == 0 or extra.get("expect_failure"), failures(report) or report["stderr"]
+    return report
+
+
+def test_the_memory_cgroup_flags_are_added_once_to_the_one_line(boot: Path) -> None:
+    first = apply_boot(boot)
+    assert first["stats"]["preflight-target"]["changed"] >= 1
+    assert (boot / "cmdline.txt").read_text() == CMDLINE.rstrip("\n") + " cgroup_enable=memory cgroup_memory=1\n"
+    assert [p.name for p in boot.glob("cmdline.txt.*~")], "no dated backup of cmdline.txt"
+    assert any("reboot the Pi yourself" in m for m in messages(first))
+    second = apply_boot(boot)
+    assert second["stats"]["preflight-target"]["changed"] == 0
+    assert (boot / "cmdline.txt").read_text().count("cgroup_enable=memory") == 1
+
+
+def test_a_cmdline_the_pi_cannot_boot_from_is_never_written(boot: Path) -> None:
+    (boot / "cmdline.txt").write_text("console=tty1 quiet\n")  # no root=: broken already, or a wrong file
+    report = apply_boot(boot, expect_failure=True)
+    assert report["returncode"] != 0
+    assert failures(report)[0][0] == "Add the kernel flags that enable the memory cgroup (and any others configured)"
+    assert (boot / "cmdline.txt").read_text() == "console=tty1 quiet\n"
+
+
+def test_config_txt_settings_are_a_managed_block_under_all(boot: Path) -> None:
+    apply_boot(boot, pi_base_config_txt=["dtparam=pciex1", "dtparam=pciex1_gen=3"], pi_base_kernel_4k_pages=True)
+    text = (boot / "config.txt").read_text()
+    assert text.startswith(CONFIG_TXT)
+    assert ("[all]\ndtparam=pciex1\ndtparam=pciex1_gen=3\nkernel=kernel8.img\n"
+            "# END pi5-streaming settings (Ansible role pi_base)") in text
+    assert apply_boot(boot, pi_base_config_txt=["dtparam=pciex1", "dtparam=pciex1_gen=3"],
+                      pi_base_kernel_4k_pages=True)["stats"]["preflight-target"]["changed"] == 0
+    apply_boot(boot, pi_base_config_txt=[])
+    assert (boot / "config.txt").read_text() == CONFIG_TXT
+
+
+@pytest.mark.parametrize(("page_size", "warned"), [(16384, True), (4096, False)])
+def test_the_16k_page_kernel_is_warned_about_for_images_that_need_4k(boot: Path, page_size: int, warned: bool) -> None:
+    report = apply_boot(boot, pi_base_page_size=page_size, pi_base_images_needing_4k_pages=["example/jemalloc-app:1"])
+    assert any("WARNING" in m and "example/jemalloc-app:1" in m for m in messages(report)) is warned
+
+
+@pytest.mark.parametrize(("model", "container", "pi5"), [
+    ("Raspberry Pi 5 Model B Rev 1.0\0", False, True),
+    ("Raspberry Pi 5 Model B Rev 1.0\0", True, False),  # a container on a Pi 5 sees the host's device tree
+    ("Raspberry Pi 4 Model B Rev 1.5\0", False, False),
+    (None, False, False),  # no device tree: a PC, a VM
+])
+def test_boot_settings_are_managed_only_on_a_detected_pi_5(tmp_path: Path, model: str | None, container: bool, pi5: bool) -> None:
+    model_file = tmp_path / "model"
+    if model is not None:
+        model_file.write_text(model)
+    report = apply(tmp_path, "detect.yml", {"pi_base_device_tree_model": str(model_file), "pi_base_in_container": container})
+    assert report["returncode"] == 0, failures(report)
+    said = [m for m in messages(report) if "boot settings" in m]
+    assert said and ("Pi 5 boot settings are managed" in said[0]) is pi5, said
+
+
+def test_this_machine_is_detected_as_no_pi_5(tmp_path: Path) -> None:
+    """The control: real detection here (a container or a PC) leaves any boot partition alone."""
+    report = apply(tmp_path, "detect.yml", {})
+    assert any("Not a Pi 5 host: boot settings are left alone" in m for m in messages(report)), messages(report)
+
+
+def test_health_decodes_throttling_into_words(tmp_path: Path) -> None:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "vcgencmd").write_text("#!/bin/sh\necho throttled=0x50005\n")
+    (fake_bin / "vcgencmd").chmod(0o755)
+    (tmp_path / "temp").write_text("52312\n")
+    report = apply(tmp_path, "health.yml", {"pi_base_thermal_zone": str(tmp_path / "temp")},
+                   env={"PATH": f"{fake_bin}:{os.environ['PATH']}"})
+    assert report["returncode"] == 0, failures(report)
+    [health] = [json.loads(m) for m in messages(report) if "Pi health" in m]
+    assert health[0] == ("Pi health: temperature 52.3 °C; throttled=0x50005: under-voltage now, throttled now, "
+                         "under-voltage has occurred, throttling has occurred")
+    assert "power supply" in health[1]
+
+
+def test_health_is_skipped_cleanly_where_the_tools_are_absent(tmp_path: Path) -> None:
+    report = apply(tmp_path, "health.yml", {"pi_base_thermal_zone": str(tmp_path / "no-such-zone")},
+                   env={"PATH": "/usr/bin:/bin"})
+    assert report["returncode"] == 0, failures(report)
+    [health] = [json.loads(m) for m in messages(report) if "Pi health" in m]
+    assert health == ["Pi health: temperature unknown (no thermal zone); throttling unknown (no vcgencmd)"]

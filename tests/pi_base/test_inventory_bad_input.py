@@ -1,0 +1,153 @@
+"""Bad base settings stop site.yml in its first tasks, name the variable, and change nothing.
+
+Each case runs the real site.yml, in check mode, against this machine as a stand-in Pi, with one bad
+value: the play must fail in a preflight task (before any role runs), with a message naming the
+variable, after zero changed tasks. The control cases show the same preflight passes good settings.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, failures, make_inventory, run_playbook, task_name
+
+SITE = ROOT / "site.yml"
+PREFLIGHT_TASKS = {
+    "Read every vault_ variable (an encrypted one needs the vault password)",
+    "Stop the play, naming the secrets that could not be decrypted",
+    "Check every role's settings before anything on the Pi changes",
+    "Refuse settings that would fail half-way or lock you out of the Pi",
+    "Refuse key files that are not public keys (a private key must never leave the controller)",
+}
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-not-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
+VAULT_PASSWORD = "rehearsal-only"
+
+
+def public_key(tmp: Path) -> Path:
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(key)], check=True)
+    return key.with_suffix(".pub")
+
+
+def private_key(tmp: Path) -> Path:
+    key = tmp / "id_ed25519"
+    key.write_text(PRIVATE_KEY)
+    return key
+
+
+def ansible_vault(tmp: Path, *args: str) -> str:
+    password = tmp / "vault-password"
+    password.write_text(VAULT_PASSWORD)
+    vault = Path(sys.executable).parent / "ansible-vault"
+    return subprocess.run([str(vault), *args, "--vault-password-file", str(password)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def encrypted_value(tmp: Path, name: str) -> str:
+    """A vault file whose values are encrypted one by one (ansible-vault encrypt_string)."""
+    return ansible_vault(tmp, "encrypt_string", "s3cret", "--name", name)
+
+
+def encrypted_file(tmp: Path, content: str) -> str:
+    """A vault file encrypted as a whole (ansible-vault encrypt)."""
+    plain = tmp / "plain.yml"
+    plain.write_text(content)
+    ansible_vault(tmp, "encrypt", str(plain))
+    return plain.read_text()
+
+
+# Each case: (variable the message must name, a function of a temp dir giving (extra vars, vault text)).
+Case = Callable[[Path], tuple[dict[str, Any], str]]
+CASES: dict[str, tuple[str, Case]] = {
+    "unknown time zone": ("pi_base_timezone", lambda _: ({"pi_base_timezone": "Mars/Olympus_Mons"}, "")),
+    "time zone outside the tz database": ("pi_base_timezone", lambda _: ({"pi_base_timezone": "../../etc/passwd"}, "")),
+    "missing SSH public key file": (
+        "pi_base_deploy_user_ssh_key_files", lambda t: ({"pi_base_deploy_user_ssh_key_files": [str(t / "nope.pub")]}, "")),
+    "private key instead of the public one": (
+        "pi_base_deploy_user_ssh_key_files",
+        lambda t: ({"pi_base_deploy_user_ssh_key_files": [str(private_key(t))]}, "")),
+    "key line that is no key": ("pi_base_deploy_user_ssh_keys", lambda _: ({"pi_base_deploy_user_ssh_keys": ["hello"]}, "")),
+    "passwords off, no key, Ansible on SSH": (
+        "pi_base_ssh_password_login", lambda _: ({"pi_base_login_connection": "ssh", "pi_base_deploy_user": "nobody-here"}, "")),
+    "firewall closes SSH": ("pi_base_firewall_allowed_tcp_ports", lambda _: ({"pi_base_firewall_allowed_tcp_ports": [80, 443]}, "")),
+    "port out of range": ("pi_base_firewall_allowed_tcp_ports",
+                          lambda _: ({"pi_base_firewall_allowed_tcp_ports": [22, 80, 70000]}, "")),
+    "host name with an underscore": ("pi_base_hostname", lambda _: ({"pi_base_hostname": "pi_5"}, "")),
+    "config.txt line without =": ("pi_base_config_txt", lambda _: ({"pi_base_config_txt": ["dtparam pciex1"]}, "")),
+    "two kernel flags in one": ("pi_base_cmdline_flags", lambda _: ({"pi_base_cmdline_flags": ["cgroup_enable=memory quiet"]}, "")),
+    "unknown swap policy": ("pi_base_swap", lambda _: ({"pi_base_swap": "file"}, "")),
+    "journal size not a number": ("pi_base_journal_max_use_mb", lambda _: ({"pi_base_journal_max_use_mb": "lots"}, "")),
+    "restore switch not a bool": ("backup_restore_missing_data", lambda _: ({"backup_restore_missing_data": "sometimes"}, "")),
+    "Docker data root off the data disk": (
+        "docker_daemon_options",
+        lambda _: ({"pi_base_data_disk_source": "UUID=0000", "docker_daemon_options": {"data-root": "/var/lib/docker2"}}, "")),
+    "vault value without the vault password": (
+        "vault_backend_auth_token", lambda t: ({}, encrypted_value(t, "vault_backend_auth_token"))),
+}
+
+
+def run_case(case: str, tmp: Path) -> dict[str, Any]:
+    extra, vault = CASES[case][1](tmp)
+    return run_playbook(SITE, make_inventory(tmp / "inventory", vault), extra, "--check")
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    dirs = {case: tmp_path_factory.mktemp("case") for case in CASES}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(CASES, pool.map(lambda case: run_case(case, dirs[case]), CASES)))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_stops_site_yml_in_its_first_tasks_naming_the_variable(case: str, reports: dict[str, dict[str, Any]]) -> None:
+    variable = CASES[case][0]
+    report = reports[case]
+    assert report["returncode"] != 0, report["stdout"][-2000:]
+    assert report["stats"]["preflight-target"]["changed"] == 0
+    failed = failures(report)
+    assert failed, f"the play failed without a failed task: {report['stderr'][-2000:]}"
+    assert {task for task, _ in failed} <= PREFLIGHT_TASKS, f"failed outside the preflight: {failed}"
+    assert variable in failed[-1][1], failed[-1][1]
+    # No role ran: every task that ran is a pre_task (site.yml's or an included preflight).
+    roles_ran = {task["task"]["name"].split(" : ")[0] for play in report["plays"] for task in play["tasks"]
+                 if " : " in task["task"]["name"] and task_name(task) not in PREFLIGHT_TASKS}
+    assert roles_ran <= {"pi_base", "nginx"}, roles_ran
+
+
+def test_a_private_key_is_never_printed(reports: dict[str, dict[str, Any]]) -> None:
+    report = reports["private key instead of the public one"]
+    assert "PRIVATE KEY" not in report["stdout"] + report["stderr"]
+
+
+def test_a_vault_file_encrypted_whole_stops_ansible_before_any_task(tmp_path: Path) -> None:
+    """Ansible itself refuses to start the play; nothing runs, so nothing can change."""
+    vault = encrypted_file(tmp_path, "vault_backend_auth_token: s3cret\n")
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory", vault), {}, "--check")
+    assert report["returncode"] != 0
+    assert "Attempting to decrypt but no vault secrets found" in report["stderr"] + report["stdout"]
+    assert not any(play["tasks"] for play in report["plays"])
+
+
+@pytest.mark.parametrize("form", ["inline values", "whole file"])
+def test_the_same_vault_passes_with_its_password(form: str, tmp_path: Path) -> None:
+    vault = (encrypted_value(tmp_path, "vault_backend_auth_token") if form == "inline values"
+             else encrypted_file(tmp_path, "vault_backend_auth_token: s3cret\n"))
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory", vault), {}, "--check", "--tags", "preflight",
+                          "--vault-password-file", str(tmp_path / "vault-password"))
+    assert report["returncode"] == 0, failures(report)
+    assert "s3cret" not in report["stdout"]
+
+
+def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:
+    """The control case: a real public key file, a real time zone, the firewall open for SSH."""
+    good = {"pi_base_deploy_user_ssh_key_files": [str(public_key(tmp_path))], "pi_base_timezone": "Europe/Berlin",
+            "pi_base_config_txt": ["dtparam=pciex1_gen=3", "[pi5]", "dtparam=fan_temp0=45000"],
+            "pi_base_login_connection": "ssh", "pi_base_hostname": "pi5"}
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
+    assert report["returncode"] == 0, failures(report)
+    assert report["stats"]["preflight-target"]["changed"] == 0
