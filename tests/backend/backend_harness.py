@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from testkit import free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[2] / "files" / "backend"
 sys.path.insert(0, str(BACKEND_DIR))
@@ -34,12 +35,6 @@ from app.settings import Settings  # noqa: E402
 
 STARTUP_TIMEOUT_S = 20.0
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:

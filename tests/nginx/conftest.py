@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testkit import free_port
 
 import nginx_harness  # first: puts the in-repo collection on sys.path
 from browser_harness import PAGE, Collector, find_chromium
 from nginx_cases import CLASSIC_WRONG_PORT, catalogue
-from nginx_harness import NGINX, Backend, Stack, free_port, make_certificate, port_is_closed, running
+from nginx_harness import NGINX, Backend, Stack, make_certificate, port_is_closed, running
 
 
 @pytest.fixture(scope="session")

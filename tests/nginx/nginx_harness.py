@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from testkit import free_port, self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "collections"))  # the stream check core lives in the in-repo collection
@@ -38,12 +39,6 @@ NGINX = "/usr/sbin/nginx"
 TLS_NAME = "pi5.test"
 STARTUP_TIMEOUT_S = 20.0
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def free_ports(count: int) -> list[int]:
@@ -200,31 +195,7 @@ class TlsFiles:
 
 def make_certificate(folder: Path) -> TlsFiles:
     """A throw-away self-signed certificate valid only for ``TLS_NAME`` (given to the role as its files)."""
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            executable("openssl"),
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={TLS_NAME}",
-            "-addext",
-            f"subjectAltName=DNS:{TLS_NAME}",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(folder, TLS_NAME, executable("openssl"))
     return TlsFiles(str(cert), str(key))
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 
 import pytest
+from testkit import self_signed_certificate
 
 import stream_check_helpers  # noqa: F401  (first: puts the in-repo collection on sys.path)
 from stream_check_server import TLS_NAME, SseServer, TlsServer
@@ -28,31 +28,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     if openssl is None:
         pytest.skip("openssl is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={TLS_NAME}",
-            "-addext",
-            f"subjectAltName=DNS:{TLS_NAME}",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(folder, TLS_NAME, openssl)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     with SseServer(tls=context) as running:
