@@ -135,7 +135,7 @@ def test_restore_brings_back_every_file_with_its_owner_and_mode(backed_up: Pi) -
     before = backed_up.state()
     backed_up.wipe()
     report = backed_up.run(RESTORE)
-    assert report["returncode"] == 0, failures(report)
+    assert report["returncode"] == 0, [m for _, m in failures(report)]
     assert backed_up.state() == before
     assert any("restored 2 data file(s)" in m and "verified against the manifest" in m for m in messages(report))
 
@@ -217,3 +217,44 @@ def test_site_yml_restores_before_the_backend_starts() -> None:
     roles = [entry["role"] for entry in play["roles"]]
     assert roles[0] == "pi_base"
     assert roles.index("backup") < roles.index("backend")
+
+
+def test_a_writers_temporary_files_are_not_backed_up(pi: Pi) -> None:
+    pi.write_data()
+    (pi.data / "threads" / ".c3.json.8f2a.tmp").write_text('{"threadId": "c3"')  # half-written, renamed later
+    assert pi.run(BACKUP)["returncode"] == 0
+    [archive] = pi.archives()
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    assert "data/threads/a1.json" in names
+    assert not [name for name in names if name.endswith(".tmp")]
+
+
+def test_an_archive_without_its_sidecar_is_never_the_newest(backed_up: Pi) -> None:
+    [good] = backed_up.archives()
+    (backed_up.host_backups / "29991231T235959Z.tar.gz").write_bytes(b"a fetch that failed its check")
+    backed_up.wipe()
+    report = backed_up.run(RESTORE)
+    assert report["returncode"] == 0, [m for _, m in failures(report)]
+    assert any(f"restoring {good}" in m for m in messages(report))
+    assert (backed_up.data / "threads" / "a1.json").exists()
+
+
+def test_a_chosen_archive_may_be_named_relative_to_where_the_playbook_runs(backed_up: Pi) -> None:
+    [archive] = backed_up.archives()
+    backed_up.wipe()
+    report = run_playbook(RESTORE, backed_up.inventory,
+                          {**backed_up.settings, "backup_restore_archive": str(archive.relative_to(backed_up.tmp))},
+                          env={"PWD": str(backed_up.tmp)})
+    assert report["returncode"] == 0, [m for _, m in failures(report)]
+    assert (backed_up.data / "threads" / "b2.json").exists()
+
+
+def test_config_is_restored_only_under_backup_config_paths(backed_up: Pi) -> None:
+    """An archive (or a changed inventory) cannot make the restore write config anywhere on the Pi."""
+    backed_up.wipe()
+    report = backed_up.run(RESTORE, backup_config_paths=[str(backed_up.tls)])
+    assert report["returncode"] == 0, [m for _, m in failures(report)]
+    assert (backed_up.tls / "key.pem").exists()
+    assert not backed_up.daemon_json.exists()
+    assert any("outside backup_config_paths, not restored" in m and "daemon.json" in m for m in messages(report))

@@ -73,7 +73,15 @@ CASES: dict[str, tuple[str, Case]] = {
         lambda t: ({"pi_base_deploy_user_ssh_key_files": [str(private_key(t))]}, "")),
     "key line that is no key": ("pi_base_deploy_user_ssh_keys", lambda _: ({"pi_base_deploy_user_ssh_keys": ["hello"]}, "")),
     "passwords off, no key, Ansible on SSH": (
-        "pi_base_ssh_password_login", lambda _: ({"pi_base_login_connection": "ssh", "pi_base_deploy_user": "nobody-here"}, "")),
+        "pi_base_ssh_password_login",
+        lambda _: ({"pi_base_login_connection": "ssh", "ansible_user": "nobody-here", "pi_base_deploy_user": "nobody-here"}, "")),
+    "Ansible logs in as another user than the deploy user": (
+        "pi_base_deploy_user", lambda _: ({"pi_base_login_connection": "ssh", "ansible_user": "alice"}, "")),
+    "root login off while Ansible logs in as root": (
+        "pi_base_ssh_root_login", lambda _: ({"pi_base_login_connection": "ssh", "ansible_user": "root"}, "")),
+    "SSH moved to a port the firewall keeps closed": (
+        "pi_base_ssh_extra_settings", lambda _: ({"pi_base_ssh_extra_settings": {"Port": 2222}}, "")),
+    "host name taken from an IP address": ("pi_base_hostname", lambda _: ({"pi_base_hostname": "192"}, "")),
     "firewall closes SSH": ("pi_base_firewall_allowed_tcp_ports", lambda _: ({"pi_base_firewall_allowed_tcp_ports": [80, 443]}, "")),
     "port out of range": ("pi_base_firewall_allowed_tcp_ports",
                           lambda _: ({"pi_base_firewall_allowed_tcp_ports": [22, 80, 70000]}, "")),
@@ -147,7 +155,7 @@ def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:
     """The control case: a real public key file, a real time zone, the firewall open for SSH."""
     good = {"pi_base_deploy_user_ssh_key_files": [str(public_key(tmp_path))], "pi_base_timezone": "Europe/Berlin",
             "pi_base_config_txt": ["dtparam=pciex1_gen=3", "[pi5]", "dtparam=fan_temp0=45000"],
-            "pi_base_login_connection": "ssh", "pi_base_hostname": "pi5"}
+            "pi_base_login_connection": "ssh", "ansible_user": "pi", "pi_base_hostname": "pi5"}
     report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
     assert report["returncode"] == 0, failures(report)
     assert report["stats"]["preflight-target"]["changed"] == 0

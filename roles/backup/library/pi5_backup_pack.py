@@ -99,7 +99,20 @@ def walk(root: str, arc_root: str) -> list[tuple[str, str]]:
 
 
 def add_entry(tar: tarfile.TarFile | None, path: str, name: str, manifest: list[str]) -> bool:
-    """Archive one directory or regular file; return True for a file. Other types are skipped."""
+    """Archive one directory or regular file; return True for a file.
+
+    Other types are skipped, and so are a writer's temporary files (``*.tmp``) and files that vanished
+    since the directory was listed (the backend renames its temporary files into place while it runs).
+    """
+    if path.endswith(".tmp"):
+        return False
+    try:
+        return _add_existing(tar, path, name, manifest)
+    except FileNotFoundError:
+        return False
+
+
+def _add_existing(tar: tarfile.TarFile | None, path: str, name: str, manifest: list[str]) -> bool:
     st = os.lstat(path)
     info = tarfile.TarInfo(name)
     info.mode, info.uid, info.gid, info.mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)
@@ -142,7 +155,8 @@ def pack(data_dir: str, config_paths: list[str], dest: str, info: dict[str, Any]
     manifest: list[str] = []
     result: dict[str, Any] = {"dest": dest, "sha256": "", "missing_config_paths": missing}
     if not write:
-        files = [name for path, name in sources if os.path.isfile(path) and not os.path.islink(path)]
+        files = [name for path, name in sources
+                 if os.path.isfile(path) and not os.path.islink(path) and not path.endswith(".tmp")]
     else:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=".pi5-backup-")

@@ -38,6 +38,13 @@ options:
     description: Also restore the archive's C(config/) files, each only where none exists on the host.
     type: bool
     default: true
+  config_paths:
+    description:
+      - The config files and directories a restore may write (the backup's C(backup_config_paths)).
+      - Config files in the archive outside them are not restored (RV(config_skipped)); empty restores no config.
+    type: list
+    elements: path
+    default: []
 attributes:
   check_mode:
     support: full
@@ -71,6 +78,11 @@ config_restored:
   returned: always
 config_kept:
   description: Config paths in the archive left alone because the host has them.
+  type: list
+  elements: str
+  returned: always
+config_skipped:
+  description: Config paths in the archive outside O(config_paths), not restored.
   type: list
   elements: str
   returned: always
@@ -171,6 +183,12 @@ def place(source: str, target: str, uid: int, gid: int) -> None:
         os.unlink(tmp)
 
 
+def under_any(path: str, roots: list[str]) -> bool:
+    """Whether path is one of roots or below one (an archive may only write where the backup read)."""
+    return any(path == os.path.normpath(root) or path.startswith(os.path.normpath(root).rstrip("/") + "/")
+               for root in roots)
+
+
 def make_dirs(staged_root: str, target_root: str, uid: int | None, gid: int | None) -> None:
     """Create target_root and the directories under it as they are staged (mode; owner uid:gid or the archive's)."""
     for dirpath, _, _ in os.walk(staged_root):
@@ -185,7 +203,8 @@ def make_dirs(staged_root: str, target_root: str, uid: int | None, gid: int | No
 
 def restore(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     data_dir, uid, gid = params["data_dir"], params["owner"], params["group"]
-    result: dict[str, Any] = {"restored": False, "data_files": 0, "config_restored": [], "config_kept": [], "verified": 0}
+    result: dict[str, Any] = {"restored": False, "data_files": 0, "config_restored": [], "config_kept": [],
+                              "config_skipped": [], "verified": 0}
     present = files_under(data_dir)
     if present:
         result["msg"] = f"{data_dir} already holds {len(present)} file(s): nothing restored (data on the host is never overwritten)"
@@ -213,6 +232,9 @@ def restore(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         result["data_files"] = len(data_files)
         staged_config = os.path.join(staging, "config")
         for rel in files_under(staged_config) if params["restore_config"] else []:
+            if not under_any("/" + rel, params["config_paths"]):
+                result["config_skipped"].append("/" + rel)
+                continue
             key = "config_kept" if os.path.lexists("/" + rel) else "config_restored"
             result[key].append("/" + rel)
         result["restored"] = bool(data_files or result["config_restored"])
@@ -248,6 +270,7 @@ def main() -> None:
             "owner": {"type": "int", "required": True},
             "group": {"type": "int", "required": True},
             "restore_config": {"type": "bool", "default": True},
+            "config_paths": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
     )
