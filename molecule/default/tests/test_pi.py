@@ -237,14 +237,20 @@ def test_change_that_passes_nginx_t_but_breaks_the_stream_is_rolled_back(host: A
     assert stream_check(host).get("verdict") == "incremental"
 
 
-def test_streams_in_flight_survive_a_reload(host: Any) -> None:
-    """Old workers finish open streams after a graceful reload; nothing is lost."""
+def events_across(host: Any, action: str, tokens: int, after_s: int, max_time_s: int) -> list[dict[str, Any]]:
+    """The probe's SSE events, streamed through nginx on the Pi while `action` runs after_s into the stream."""
+    url = f"https://127.0.0.1/api/probe/stream?tokens={tokens}&interval_ms=50"
     with host.sudo():
         out = host.check_output(
-            "sh -c 'curl -skN --max-time 30 \"https://127.0.0.1/api/probe/stream?tokens=60&interval_ms=50\" "
-            "> /tmp/reload-stream.txt & sleep 1; systemctl reload nginx; wait; cat /tmp/reload-stream.txt'"
+            f"sh -c 'curl -skN --max-time {max_time_s} \"{url}\" > /tmp/across-stream.txt & "
+            f"sleep {after_s}; {action} >/dev/null; wait; cat /tmp/across-stream.txt'"
         )
-    events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    return [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+
+
+def test_streams_in_flight_survive_a_reload(host: Any) -> None:
+    """Old workers finish open streams after a graceful reload; nothing is lost."""
+    events = events_across(host, "systemctl reload nginx", tokens=60, after_s=1, max_time_s=30)
     tokens = [e for e in events if e["type"] == "token"]
     assert len(tokens) == 60
     assert events[-1]["type"] == "done"
@@ -255,12 +261,7 @@ def test_streams_in_flight_survive_a_reload(host: Any) -> None:
 
 def test_backend_restart_ends_open_streams_with_an_event_and_recovers(host: Any) -> None:
     """A restart (upgrade, crash, reboot) must end a stream with something the client can act on."""
-    with host.sudo():
-        out = host.check_output(
-            "sh -c 'curl -skN --max-time 60 \"https://127.0.0.1/api/probe/stream?tokens=400&interval_ms=50\" "
-            "> /tmp/restart-stream.txt & sleep 2; docker restart backend >/dev/null; wait; cat /tmp/restart-stream.txt'"
-        )
-    events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
+    events = events_across(host, "docker restart backend", tokens=400, after_s=2, max_time_s=60)
     assert 0 < len([e for e in events if e["type"] == "token"]) < 400, "the stream was not open across the restart"
     assert [e["type"] for e in events[-2:]] == ["error", "done"]
     host.run("for i in $(seq 60); do curl -fs http://127.0.0.1:7776/api/health && break; sleep 1; done")
