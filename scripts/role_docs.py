@@ -39,7 +39,8 @@ def render_option(name: str, spec: dict[str, Any], level: int = 3) -> list[str]:
     if "choices" in spec:
         facts.append("one of " + ", ".join(f"`{c}`" for c in spec["choices"]))
     if "default" in spec:
-        facts.append(f"default `{yaml.safe_dump(spec['default'], default_flow_style=True, width=1000).strip().removesuffix('...').strip()}`")
+        default = yaml.safe_dump(spec["default"], default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+        facts.append(f"default `{default}`")
     if spec.get("no_log"):
         facts.append("secret (keep it in the vault)")
     summary = "; ".join(facts)
@@ -54,7 +55,7 @@ def render(options: dict[str, Any]) -> str:
     lines = [BEGIN, ""]
     for name, spec in options.items():
         lines += render_option(name, spec)
-    return "\n".join(lines + [END])
+    return "\n".join([*lines, END])
 
 
 def default_mismatches(role: Path, options: dict[str, Any]) -> list[str]:
@@ -78,7 +79,7 @@ def process(role: Path, check: bool) -> list[str]:
     readme = role / "README.md"
     text = readme.read_text() if readme.exists() else ""
     if BEGIN not in text or END not in text:
-        return problems + [f"{role.name}: README.md lacks the generated variables section markers"]
+        return [*problems, f"{role.name}: README.md lacks the generated variables section markers"]
     head, rest = text.split(BEGIN, 1)
     updated = head + render(options) + rest.split(END, 1)[1]
     if updated != text:

@@ -1,6 +1,6 @@
 """Small pieces every test suite needs: a free loopback port and a throw-away TLS certificate.
 
-tests/conftest.py puts this directory on sys.path, so any suite imports it as ``testkit``.
+Any suite imports it as ``tests.testkit``.
 """
 from __future__ import annotations
 

@@ -82,11 +82,11 @@ def _read(path: str) -> str:
 
 
 def _pids_named(prefix: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _read(f"/proc/{entry}/cmdline").replace("\0", " ").startswith(prefix):
-            pids.append(int(entry))
-    return pids
+    return [
+        int(entry)
+        for entry in os.listdir("/proc")
+        if entry.isdigit() and _read(f"/proc/{entry}/cmdline").replace("\0", " ").startswith(prefix)
+    ]
 
 
 def _descendants(root: int) -> list[int]:
@@ -134,7 +134,7 @@ def _host_busy() -> tuple[float, float]:
 def backend_pids(container: str) -> list[int]:
     try:
         out = subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True, text=True, timeout=10
+            ["docker", "inspect", "-f", "{{.State.Pid}}", container], capture_output=True, text=True, timeout=10, check=False
         ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return []

@@ -38,7 +38,7 @@ class Pi:
     def copy_in(self, source: Path, dest: str) -> None:
         if self.ssh:
             subprocess.run(["scp", "-q", "-r", str(source), f"{self.ssh}:/tmp/{Path(dest).name}"], check=True)
-            self.run(["mv", f"/tmp/{Path(dest).name}", dest])
+            self.run(["mv", f"/tmp/{Path(dest).name}", dest])  # noqa: S108
         else:
             subprocess.run(["docker", "cp", str(source), f"{self.container}:{dest}"], check=True, capture_output=True)
 
@@ -49,7 +49,6 @@ class Pi:
             ["mkdir", "-p", f"{REMOTE_DIR}/bin", f"{REMOTE_DIR}/collections/ansible_collections/pi5/streaming/plugins"]
         )
         self.copy_in(Path(__file__).resolve().parent, f"{REMOTE_DIR}/pi5bench")
-        self.copy_in(CORE, f"{REMOTE_DIR}/stream_check.py")
         self.copy_in(CORE.parent, f"{REMOTE_DIR}/collections/ansible_collections/pi5/streaming/plugins/module_utils")
         self.copy_in(REPO / "bin/stream-check", f"{REMOTE_DIR}/bin/stream-check")
 
@@ -58,7 +57,7 @@ class Pi:
         proc = self.run(
             ["python3", "-m", "pi5bench.loadgen", json.dumps(phase)],
             timeout_s=timeout_s,
-            env={"PYTHONPATH": REMOTE_DIR},
+            env={"PYTHONPATH": f"{REMOTE_DIR}:{REMOTE_DIR}/collections"},
         )
         if proc.returncode != 0:
             raise RuntimeError(f"loadgen failed ({proc.returncode}): {proc.stderr[-2000:]}")

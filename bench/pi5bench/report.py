@@ -81,15 +81,15 @@ def markdown(results: Mapping[str, Any]) -> str:
         " | pace direct / nginx | done direct / nginx |",
         "| ---: | --- | --- | ---: | --- | --- |",
     ]
-    for row in latency_rows(results.get("latency", {})):
-        lines.append(
-            f"| {row['streams']} ({row['rounds']}) "
-            f"| {_fmt(row['direct_p50'])} / {_fmt(row['direct_p99'])} / {_fmt(row['direct_max'])} "
-            f"| {_fmt(row['nginx_p50'])} / {_fmt(row['nginx_p99'])} / {_fmt(row['nginx_max'])} "
-            f"| {_fmt(row['p99_ratio'])} "
-            f"| {_fmt(row['direct_pace'])} / {_fmt(row['nginx_pace'])} "
-            f"| {_fmt(row['direct_ok'])} / {_fmt(row['nginx_ok'])} |"
-        )
+    lines += [
+        f"| {row['streams']} ({row['rounds']}) "
+        f"| {_fmt(row['direct_p50'])} / {_fmt(row['direct_p99'])} / {_fmt(row['direct_max'])} "
+        f"| {_fmt(row['nginx_p50'])} / {_fmt(row['nginx_p99'])} / {_fmt(row['nginx_max'])} "
+        f"| {_fmt(row['p99_ratio'])} "
+        f"| {_fmt(row['direct_pace'])} / {_fmt(row['nginx_pace'])} "
+        f"| {_fmt(row['direct_ok'])} / {_fmt(row['nginx_ok'])} |"
+        for row in latency_rows(results.get("latency", {}))
+    ]
     lines += [
         "",
         f"- p99 ratio nginx/direct at 1000 streams: **{_fmt(summ.get('p99_ratio_at_1000'))}**",
@@ -119,10 +119,10 @@ def markdown(results: Mapping[str, Any]) -> str:
 def plot(results: Mapping[str, Any], path: Path) -> bool:
     """Lateness (p50 and p99) against concurrency, direct vs nginx; False without matplotlib."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: PLC0415  (optional: only `make bench` installs it)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
         return False
     rows = latency_rows(results.get("latency", {}))

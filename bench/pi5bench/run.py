@@ -257,8 +257,8 @@ class Bench:
                 passes,
                 low,
                 max(high, low),
-                self.args.capacity_steps,
-                self.args.capacity_resolution,
+                max_steps=self.args.capacity_steps,
+                resolution=self.args.capacity_resolution,
                 high_fails=bool(failing),
             )
             capacity[path] = {"streams": found, "trials": trials, "measured": measured, "bounds": [low, high]}

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .core import core
+from ansible_collections.pi5.streaming.plugins.module_utils import stream_check as core
 
 
 class ChunkedDecoder:
@@ -154,12 +154,62 @@ async def _connect(
     kwargs: dict[str, Any] = {"limit": 1 << 20}
     if context is not None:
         kwargs.update(ssl=context, server_hostname=target.server_name or host)
-    if sock is not None:
-        opened = asyncio.open_connection(sock=sock, **kwargs)
-    else:
-        opened = asyncio.open_connection(host, port, **kwargs)
+    opened = asyncio.open_connection(sock=sock, **kwargs) if sock is not None else asyncio.open_connection(host, port, **kwargs)
     reader, writer = await asyncio.wait_for(opened, timeout_s)
     return reader, writer, path
+
+
+def _take(data: str, now_ms: float, result: StreamResult, timing: _Timing, contents: list[str]) -> None:
+    """Count one event's data: a token (timed against its ``ts``), an error, or the closing ``done``."""
+    payload = json.loads(data) if data.startswith("{") else {}
+    kind = payload.get("type")
+    if kind == "token":
+        result.tokens += 1
+        contents.append(str(payload.get("content", "")))
+        ts = payload.get("ts")
+        if isinstance(ts, (int, float)):
+            timing.add(now_ms, float(ts))
+    elif kind == "error":
+        result.error_events += 1
+    elif kind == "done":
+        summary = payload.get("content")
+        if isinstance(summary, dict):
+            result.done_tokens = summary.get("tokens")
+            result.integrity = core.check_integrity(contents, summary)[0]
+        result.outcome = "error_done" if result.error_events else "done"
+
+
+async def _read_events(
+    reader: asyncio.StreamReader,
+    decoder: ChunkedDecoder | None,
+    *,
+    deadline: float,
+    parser: core.SseParser,
+    result: StreamResult,
+    timing: _Timing,
+) -> None:
+    """Read the body until ``done``, EOF or ``deadline`` (epoch s), counting each event as it arrives."""
+    seen = 0
+    contents: list[str] = []
+    while True:
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            result.outcome = "timeout"
+            return
+        data = await asyncio.wait_for(reader.read(65536), remaining)
+        now_ms = time.time() * 1000.0
+        if not data:
+            result.outcome = "eof"
+            return
+        parser.feed(decoder.feed(data) if decoder is not None else data, now_ms)
+        for event in parser.events[seen:]:
+            seen += 1
+            _take(event.data, now_ms, result, timing, contents)
+        if result.outcome in ("done", "error_done"):
+            return
+        if decoder is not None and decoder.finished:
+            result.outcome = "eof"
+            return
 
 
 async def run_stream(
@@ -175,8 +225,6 @@ async def run_stream(
     result = StreamResult(opened_at=time.time())
     timing = _Timing(result, interval_ms, window)
     parser = core.SseParser()
-    seen = 0
-    contents: list[str] = []
     writer: asyncio.StreamWriter | None = None
     try:
         reader, writer, path = await _connect(target, max(deadline - time.time(), 0.1), rcvbuf)
@@ -193,42 +241,9 @@ async def run_stream(
             result.outcome = "held"
             return result
         chunked = b"transfer-encoding: chunked" in header_block.lower()
-        decoder = ChunkedDecoder() if chunked else None
-        while True:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                result.outcome = "timeout"
-                break
-            data = await asyncio.wait_for(reader.read(65536), remaining)
-            now_ms = time.time() * 1000.0
-            if not data:
-                result.outcome = "eof"
-                break
-            body = decoder.feed(data) if decoder is not None else data
-            parser.feed(body, now_ms)
-            for event in parser.events[seen:]:
-                seen += 1
-                payload = json.loads(event.data) if event.data.startswith("{") else {}
-                kind = payload.get("type")
-                if kind == "token":
-                    result.tokens += 1
-                    contents.append(str(payload.get("content", "")))
-                    ts = payload.get("ts")
-                    if isinstance(ts, (int, float)):
-                        timing.add(now_ms, float(ts))
-                elif kind == "error":
-                    result.error_events += 1
-                elif kind == "done":
-                    summary = payload.get("content")
-                    if isinstance(summary, dict):
-                        result.done_tokens = summary.get("tokens")
-                        result.integrity = core.check_integrity(contents, summary)[0]
-                    result.outcome = "error_done" if result.error_events else "done"
-            if result.outcome in ("done", "error_done"):
-                break
-            if decoder is not None and decoder.finished:
-                result.outcome = "eof"
-                break
+        await _read_events(
+            reader, ChunkedDecoder() if chunked else None, deadline=deadline, parser=parser, result=result, timing=timing
+        )
     except TimeoutError:
         result.outcome = "timeout"
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as exc:

@@ -69,7 +69,7 @@ class PhasePlan:
 
 
 def plan_phase(
-    streams: int, ramp_per_s: float, window_s: float, interval_ms: int, settle_s: float = 1.0, max_tokens: int = 500
+    streams: int, ramp_per_s: float, window_s: float, interval_ms: int, *, settle_s: float = 1.0, max_tokens: int = 500
 ) -> PhasePlan:
     """Streams opened over the ramp stay open until the window ends (the probe allows at most 500 tokens)."""
     ramp_s = max(streams - 1, 0) / ramp_per_s
@@ -88,6 +88,7 @@ def capacity_search(
     passes: Callable[[int], bool],
     low: int,
     high: int,
+    *,
     max_steps: int,
     resolution: int = 50,
     high_fails: bool = False,

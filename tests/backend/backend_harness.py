@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
-from testkit import free_port
+
+from app.main import create_app
+from app.providers import Provider
+from app.server import build_server
+from app.settings import Settings
+from tests.testkit import free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[2] / "files" / "backend"
-sys.path.insert(0, str(BACKEND_DIR))
-sys.dont_write_bytecode = True  # keep files/backend (the image's build context) clean
-
-from app.main import create_app  # noqa: E402
-from app.providers import Provider  # noqa: E402
-from app.server import build_server  # noqa: E402
-from app.settings import Settings  # noqa: E402
 
 STARTUP_TIMEOUT_S = 20.0
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from anthropic_standin import VALID_KEY, StandIn
-from backend_harness import BackendProcess, Spawner
+from tests.backend.anthropic_standin import VALID_KEY, StandIn
+from tests.backend.backend_harness import BackendProcess, Spawner
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from backend_client import SSEConnection, events, get_json, post_json
-from backend_harness import BackendProcess, Spawner
+from tests.backend.backend_client import SSEConnection, events, get_json, post_json
+from tests.backend.backend_harness import BackendProcess, Spawner
 
 TOKEN = "s3cret-token"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from anthropic_standin import (
+from app.settings import Settings
+from tests.backend.anthropic_standin import (
     GOOD_TOKENS,
     SCENARIO_BAD_KEY,
     SCENARIO_MIDSTREAM_ERROR,
@@ -17,9 +18,8 @@ from anthropic_standin import (
     VALID_KEY,
     StandIn,
 )
-from app.settings import Settings
-from backend_client import Block, events, get_json, post_json
-from backend_harness import BackendProcess, inprocess_backend
+from tests.backend.backend_client import Block, events, get_json, post_json
+from tests.backend.backend_harness import BackendProcess, inprocess_backend
 
 
 def chat(backend: BackendProcess, message: str, thread_id: str | None = None) -> list[Block]:

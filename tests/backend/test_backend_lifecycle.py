@@ -13,8 +13,8 @@ from pathlib import Path
 
 from app.providers import Turn
 from app.settings import Settings
-from backend_client import SSEConnection, comments, events, get_json, post_json
-from backend_harness import Spawner, inprocess_backend
+from tests.backend.backend_client import SSEConnection, comments, events, get_json, post_json
+from tests.backend.backend_harness import Spawner, inprocess_backend
 
 
 class EndlessProvider:

@@ -10,7 +10,7 @@ from typing import get_args
 import pytest
 
 from app.settings import DEFAULT_ANTHROPIC_MODEL, Settings, SettingsError
-from backend_harness import BACKEND_DIR, clean_env
+from tests.backend.backend_harness import BACKEND_DIR, clean_env
 
 
 def test_defaults() -> None:
@@ -18,7 +18,7 @@ def test_defaults() -> None:
     assert settings == Settings()
     assert (settings.port, settings.host, settings.provider) == (
         7776,
-        "0.0.0.0",
+        "0.0.0.0",  # noqa: S104  (the default inside the container)
         "demo",
     )
     assert (settings.token_interval_ms, settings.heartbeat_s) == (40, 15.0)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from backend_client import Block, SSEConnection, comments, events, get_json, post_json
-from backend_harness import BackendProcess
+from tests.backend.backend_client import Block, SSEConnection, comments, events, get_json, post_json
+from tests.backend.backend_harness import BackendProcess
 
 PROBE = "/api/probe/stream"
 EVENT_KEYS = {"type", "threadId", "content", "ts"}

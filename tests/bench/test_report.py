@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pi5bench import report
-from pi5bench.run import memory_per_stream, parse_args
+from pi5bench.run import median_round, memory_per_stream, parse_args
 
 
 def _phase(p99: float, streams: int = 1) -> dict[str, Any]:
@@ -66,8 +66,6 @@ def test_options_parse_lists() -> None:
 
 
 def test_median_round_keeps_the_median_p99_and_the_median_ratio() -> None:
-    from pi5bench.run import median_round
-
     runs = [{"direct": _phase(d), "nginx": _phase(n)} for d, n in ((10.0, 12.0), (30.0, 60.0), (20.0, 22.0))]
     chosen = median_round(runs)
     assert chosen["direct"]["lateness_ms"]["p99"] == 20.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pi5bench.stats import capacity_search, deal, percentile, plan_phase, ramp_offsets, ratio, summarize
 
 
@@ -16,7 +17,7 @@ def test_percentile_interpolates_between_ranks() -> None:
 
 
 def test_percentile_rejects_a_bad_rank() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"not within 0\.\.100"):
         percentile([1.0], 101)
 
 
@@ -36,7 +37,7 @@ def test_ramp_spaces_connections_and_deals_them_evenly() -> None:
     assert offsets == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
     assert deal(offsets, 2) == [[0.0, 0.2, 0.4], pytest.approx([0.1, 0.3])]
     assert sum(len(part) for part in deal(ramp_offsets(2000, 250.0), 3)) == 2000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="per_second > 0"):
         ramp_offsets(3, 0)
 
 

@@ -28,8 +28,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import Capture, Chunk, Request
-
-from nginx_harness import TLS_NAME, Nginx, stop
+from tests.nginx.nginx_harness import TLS_NAME, Nginx, stop
 
 PAGE = Path(__file__).resolve().parent / "stream-page.html"
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser")

@@ -12,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit import free_port
 
-import nginx_harness  # first: puts the in-repo collection on sys.path
-from browser_harness import PAGE, Collector, find_chromium
-from nginx_cases import CLASSIC_WRONG_PORT, catalogue
-from nginx_harness import NGINX, Backend, Stack, make_certificate, port_is_closed, running
+from tests.nginx.browser_harness import PAGE, Collector, find_chromium
+from tests.nginx.nginx_cases import CLASSIC_WRONG_PORT, catalogue
+from tests.nginx.nginx_harness import ANSIBLE_PLAYBOOK, NGINX, Backend, Stack, make_certificate, port_is_closed, running
+from tests.testkit import free_port
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +24,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The backend and every site of nginx_cases, started once for the session."""
     if not Path(NGINX).exists():
         pytest.skip(f"{NGINX} is missing (Debian's nginx package)")
-    if not nginx_harness.ANSIBLE_PLAYBOOK.exists():
-        pytest.fail(f"{nginx_harness.ANSIBLE_PLAYBOOK} is missing: run `make venv`")
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.fail(f"{ANSIBLE_PLAYBOOK} is missing: run `make venv`")
     workdir = tmp_path_factory.mktemp("nginx-suite")
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed for the test certificate (the role serves HTTPS by default)")

@@ -10,7 +10,7 @@ reproduces. What each one does to a stream is in test_nginx_streaming.py.
 
 from __future__ import annotations
 
-from nginx_harness import Site
+from tests.nginx.nginx_harness import Site
 
 # The probe the role's stream check uses (nginx_verify_probe_tokens/_interval_ms defaults).
 PROBE = "/api/probe/stream?tokens=20&interval_ms=50"

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from testkit import free_port, self_signed_certificate
+
+from tests.testkit import free_port, self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "collections"))  # the stream check core lives in the in-repo collection
 
 BACKEND_DIR = REPO / "files" / "backend"
 BACKEND_PYTHON = REPO / ".venv-backend" / "bin" / "python"
@@ -142,7 +142,7 @@ class Backend:
                 raise RuntimeError(f"backend exited with {self.proc.returncode}:\n{read_log(self.log_path)}")
             with (
                 contextlib.suppress(OSError),
-                urllib.request.urlopen(self.url("/api/health"), timeout=1) as response,  # noqa: S310  (loopback)
+                urllib.request.urlopen(self.url("/api/health"), timeout=1) as response,
             ):
                 if response.status == 200:
                     return self

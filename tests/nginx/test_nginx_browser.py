@@ -18,16 +18,16 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     CheckResult,
     Criteria,
     analyse,
     largest_burst,
 )
-
-from browser_harness import BrowserReport, Collector, as_capture, open_in_chromium
-from nginx_cases import PROBE
-from nginx_harness import Stack
+from tests.nginx.browser_harness import BrowserReport, Collector, as_capture, open_in_chromium
+from tests.nginx.nginx_cases import PROBE
+from tests.nginx.nginx_harness import Stack
 
 WINDOW_MS = Criteria().burst_window_ms  # the core's own burst window
 

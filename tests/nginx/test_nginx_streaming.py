@@ -95,6 +95,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     CheckResult,
     Criteria,
@@ -104,9 +105,8 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     check_hops,
     check_stream,
 )
-
-from nginx_cases import PROBE
-from nginx_harness import Nginx, Stack
+from tests.nginx.nginx_cases import PROBE
+from tests.nginx.nginx_harness import Nginx, Stack
 
 BUFFER_ADVICE = "check proxy_buffering / gzip for text/event-stream"
 ONE_BURST = r"nginx delivers all 20 events in one burst after \d+\.\d s"

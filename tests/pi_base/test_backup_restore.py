@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, failures, make_inventory, messages, run_playbook
+
+from tests.runner import ROOT, failures, make_inventory, messages, run_playbook
 
 BACKUP = ROOT / "playbooks" / "backup.yml"
 RESTORE = ROOT / "playbooks" / "restore.yml"
@@ -81,12 +82,12 @@ class Pi:
         return sorted(self.host_backups.glob("*.tar.gz"))
 
 
-@pytest.fixture()
+@pytest.fixture
 def pi(tmp_path: Path) -> Pi:
     return Pi(tmp_path)
 
 
-@pytest.fixture()
+@pytest.fixture
 def backed_up(pi: Pi) -> Pi:
     pi.write_data()
     report = pi.run(BACKUP)
@@ -101,8 +102,8 @@ def rewrite_archive(archive: Path, change: dict[str, bytes]) -> None:
     names = {m.name for m, _ in members}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for member, content in members:
-            content = change.get(member.name, content)
+        for member, original in members:
+            content = change.get(member.name, original)
             member.size = len(content)
             tar.addfile(member, io.BytesIO(content) if member.isfile() else None)
         for name, content in change.items():
@@ -188,7 +189,7 @@ def test_restore_refuses_an_archive_whose_files_fail_the_manifest(backed_up: Pi)
     assert task.startswith("Restore the data, and config files the Pi lacks, verified against the manifest")
     assert "checksum mismatch for data/threads/a1.json" in message
     assert not backed_up.data.exists(), "a partial restore was left behind"
-    assert not [p for p in (backed_up.tmp / "pi" / "var" / "lib").iterdir()], "the staging directory was left behind"
+    assert not list((backed_up.tmp / "pi" / "var" / "lib").iterdir()), "the staging directory was left behind"
 
 
 @pytest.mark.parametrize("member", ["../../etc/evil", "data/../../evil", "extra.txt"])

@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, failures, make_inventory, messages, run_playbook
+
+from tests.runner import ROOT, failures, make_inventory, messages, run_playbook
 
 APPLY = ROOT / "tests" / "pi_base" / "apply_tasks.yml"
 CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
 CONFIG_TXT = "# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\n\n[cm5]\ndtoverlay=dwc2,dr_mode=host\n"
 
 
-@pytest.fixture()
+@pytest.fixture
 def boot(tmp_path: Path) -> Path:
     directory = tmp_path / "firmware"
     directory.mkdir()

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, failures, make_inventory, run_playbook, task_name
+
+from tests.runner import ROOT, failures, make_inventory, run_playbook, task_name
 
 SITE = ROOT / "site.yml"
 PREFLIGHT_TASKS = {
@@ -108,7 +109,7 @@ def run_case(case: str, tmp: Path) -> dict[str, Any]:
 def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
     dirs = {case: tmp_path_factory.mktemp("case") for case in CASES}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(CASES, pool.map(lambda case: run_case(case, dirs[case]), CASES)))
+        return dict(zip(CASES, pool.map(lambda case: run_case(case, dirs[case]), CASES), strict=True))
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -69,7 +69,7 @@ def run_site(extra_vars: dict[str, Any], *args: str) -> dict[str, Any]:
 def reports() -> dict[str, dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = pool.map(lambda case: run_site(case[1]), CASES.values())
-        return dict(zip(CASES, results))
+        return dict(zip(CASES, results, strict=True))
 
 
 def task_name(task: dict[str, Any]) -> str:

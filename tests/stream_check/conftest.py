@@ -8,10 +8,9 @@ import ssl
 from collections.abc import Iterator
 
 import pytest
-from testkit import self_signed_certificate
 
-import stream_check_helpers  # noqa: F401  (first: puts the in-repo collection on sys.path)
-from stream_check_server import TLS_NAME, SseServer, TlsServer
+from tests.stream_check.stream_check_server import TLS_NAME, SseServer, TlsServer
+from tests.testkit import self_signed_certificate
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import Capture, Chunk, Request
+
 REPO = Path(__file__).resolve().parents[2]
 COLLECTIONS = REPO / "collections"
-sys.path.insert(0, str(COLLECTIONS))  # the core lives in the in-repo collection
-
-from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import Capture, Chunk, Request  # noqa: E402
 
 URL = "http://127.0.0.1:7776/api/probe/stream?tokens=20&interval_ms=50"
 SSE_HEADERS: Mapping[str, str] = {"content-type": "text/event-stream; charset=utf-8"}

@@ -146,7 +146,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.handle_any(self.rfile.read(length))
 
-    do_PUT = do_POST
+    do_PUT = do_POST  # noqa: N815  (http.server's handler naming)
 
     def handle_any(self, body: bytes) -> None:
         parts = urlsplit(self.path)
@@ -210,10 +210,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route_burst(self, params: Params) -> None:
         self.start_sse(self.revision(params))
-        held = [OPEN]
         contents: list[str] = []
-        for data in self.events(params, contents):
-            held.append(data)
+        held = [OPEN, *self.events(params, contents)]
         held.append(done_event(params.int("n", 10) + 1, contents))
         self.send(b"".join(held))
         self.finish_body()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stream_check_helpers import REPO
-from stream_check_server import SseServer, TlsServer
+from tests.stream_check.stream_check_helpers import REPO
+from tests.stream_check.stream_check_server import SseServer, TlsServer
 
 CLI = REPO / "bin" / "stream-check"
 # The Pi runs the CLI with its system python3, which has no Ansible: prove that works.

@@ -8,6 +8,7 @@ import json
 import re
 
 import pytest
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     VERDICTS,
     CheckResult,
@@ -26,8 +27,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     render_hops_table,
     render_table,
 )
-
-from stream_check_helpers import SSE_HEADERS, capture, paced, sse_event, token
+from tests.stream_check.stream_check_helpers import SSE_HEADERS, capture, paced, sse_event, token
 
 NGINX = {**SSE_HEADERS, "server": "nginx/1.22.1"}
 

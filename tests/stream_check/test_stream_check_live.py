@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     CheckResult,
     Criteria,
@@ -17,8 +18,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     fetch,
     parse_sse,
 )
-
-from stream_check_server import SseServer, TlsServer
+from tests.stream_check.stream_check_server import SseServer, TlsServer
 
 BUFFER_ADVICE = ": check proxy_buffering / gzip for text/event-stream"
 

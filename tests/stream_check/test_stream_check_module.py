@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from stream_check_helpers import COLLECTIONS, REPO
-from stream_check_server import SseServer
+from tests.stream_check.stream_check_helpers import COLLECTIONS, REPO
+from tests.stream_check.stream_check_server import SseServer
 
 basic = pytest.importorskip("ansible.module_utils.basic", reason="the module tests need ansible-core")
 testing = pytest.importorskip("ansible.module_utils.testing")

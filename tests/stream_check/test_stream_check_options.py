@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     Criteria,
     Request,

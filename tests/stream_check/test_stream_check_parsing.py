@@ -7,6 +7,7 @@ import json
 import zlib
 
 import pytest
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     Chunk,
     SseParser,

@@ -11,14 +11,14 @@ PROBE = "/api/probe/stream?tokens=20&interval_ms=50"
 CERT = "/etc/nginx/pi5-tls/cert.pem"  # the self-signed certificate the nginx role makes
 
 
-@pytest.fixture()
+@pytest.fixture
 def backend_inspect(host: Any) -> dict[str, Any]:
     """`docker inspect` of the backend container, as the Pi's root sees it."""
     out = host.check_output("docker inspect backend")
     return json.loads(out)[0]  # type: ignore[no-any-return]
 
 
-@pytest.fixture()
+@pytest.fixture
 def nginx_t(host: Any) -> str:
     """The effective nginx configuration (`nginx -T`), not the files on disk."""
     with host.sudo():

@@ -142,7 +142,7 @@ class UsageError(StreamCheckError, ValueError):
     """An option has an invalid value; the message names it."""
 
 
-class CurlMissing(StreamCheckError):
+class CurlMissing(StreamCheckError):  # noqa: N818  (a condition, like FileNotFoundError's cousins)
     """The curl executable was not found."""
 
 
@@ -1617,19 +1617,19 @@ def render_hops_table(result: HopsResult) -> str:
     """One row per hop, then the attribution."""
     header = ("hop", "verdict", "status", "events", "first", "span", "burst", "late")
     rows = [header]
-    for hop in result.hops:
-        rows.append(
-            (
-                hop.name or "-",
-                hop.verdict,
-                f"{hop.status or '-'}" + (f" h{hop.http_version}" if hop.http_version else ""),
-                str(hop.events),
-                _ms(hop.first_event_ms),
-                _ms(hop.span_ms),
-                f"{hop.largest_burst} ({_pct(hop.burst_share)})",
-                _ms(hop.lateness_max_ms),
-            )
+    rows += [
+        (
+            hop.name or "-",
+            hop.verdict,
+            f"{hop.status or '-'}" + (f" h{hop.http_version}" if hop.http_version else ""),
+            str(hop.events),
+            _ms(hop.first_event_ms),
+            _ms(hop.span_ms),
+            f"{hop.largest_burst} ({_pct(hop.burst_share)})",
+            _ms(hop.lateness_max_ms),
         )
+        for hop in result.hops
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     verdict = "incremental" if result.incremental else f"{result.verdict} at {result.first_bad_hop}"

@@ -418,7 +418,8 @@ arrivals_ms:
 
 from typing import Any
 
-from ansible.module_utils.basic import AnsibleModule  # type: ignore[import-untyped]  # ansible-core has no types
+from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
     OPTION_DEFAULTS,
     CheckResult,

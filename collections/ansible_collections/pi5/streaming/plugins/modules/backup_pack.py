@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: pi5_backup_pack
+module: backup_pack
 short_description: Pack a data directory and config paths into a tar.gz with a sha256 manifest
 description:
   - Archives O(data_dir) as C(data/) and each existing path of O(config_paths) as C(config/<path>), with
@@ -38,7 +38,7 @@ author: pi5-streaming maintainers
 
 EXAMPLES = r"""
 - name: Pack the backend's data and the TLS key into an archive
-  pi5_backup_pack:
+  pi5.streaming.backup_pack:
     data_dir: /var/lib/pi5-backend
     config_paths: [/etc/nginx/pi5-tls, /etc/docker/daemon.json]
     dest: /var/tmp/pi5-backup.tar.gz
@@ -69,7 +69,6 @@ missing_config_paths:
   returned: always
 """
 
-import hashlib
 import io
 import json
 import os
@@ -80,6 +79,8 @@ import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pi5.streaming.plugins.module_utils.checksum import sha256_of, sha256_of_bytes
 
 MANIFEST = "MANIFEST.sha256"
 INFO = "INFO.json"
@@ -125,7 +126,7 @@ def _add_existing(tar: tarfile.TarFile | None, path: str, name: str, manifest: l
         return False
     with open(path, "rb") as handle:
         content = handle.read()
-    manifest.append(f"{hashlib.sha256(content).hexdigest()}  {name}")
+    manifest.append(f"{sha256_of_bytes(content)}  {name}")
     info.size = len(content)
     if tar is not None:
         tar.addfile(info, io.BytesIO(content))
@@ -136,12 +137,6 @@ def add_bytes(tar: tarfile.TarFile, name: str, content: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(content), 0o600, int(time.time())
     tar.addfile(info, io.BytesIO(content))
-
-
-def sha256_of(path: str) -> str:
-    """The file's sha256 (the Pi's Python is 3.11+: bookworm 3.11, trixie 3.13)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def pack(data_dir: str, config_paths: list[str], dest: str, info: dict[str, Any], write: bool) -> dict[str, Any]:
@@ -165,7 +160,7 @@ def pack(data_dir: str, config_paths: list[str], dest: str, info: dict[str, Any]
             with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
                 files = [name for path, name in sources if add_entry(tar, path, name, manifest)]
                 info_json = json.dumps({**info, "files": len(files) + 1}, indent=2, sort_keys=True).encode() + b"\n"
-                manifest.append(f"{hashlib.sha256(info_json).hexdigest()}  {INFO}")
+                manifest.append(f"{sha256_of_bytes(info_json)}  {INFO}")
                 add_bytes(tar, INFO, info_json)
                 add_bytes(tar, MANIFEST, ("\n".join(sorted(manifest, key=lambda line: line[66:])) + "\n").encode())
             os.replace(tmp, dest)

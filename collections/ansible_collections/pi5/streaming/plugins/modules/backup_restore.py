@@ -1,9 +1,9 @@
 #!/usr/bin/python
-"""Restore a pi5_backup_pack archive onto a host whose data directory holds no files, never over data."""
+"""Restore a backup_pack archive onto a host whose data directory holds no files, never over data."""
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: pi5_backup_restore
+module: backup_restore
 short_description: Restore a backup archive, verified against its manifest, only where the host has no data
 description:
   - Does nothing (and says so) when O(data_dir) already holds a file. Never replaces a file on the host; each
@@ -54,7 +54,7 @@ author: pi5-streaming maintainers
 
 EXAMPLES = r"""
 - name: Restore the backend's data from a backup, never over existing data
-  pi5_backup_restore:
+  pi5.streaming.backup_restore:
     archive: /var/tmp/pi5-restore.tar.gz
     sha256: "{{ sidecar_sha256 }}"
     data_dir: /var/lib/pi5-backend
@@ -92,7 +92,6 @@ verified:
   returned: always
 """
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -100,6 +99,8 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pi5.streaming.plugins.module_utils.checksum import sha256_of
 
 MANIFEST = "MANIFEST.sha256"
 TOP_LEVEL = ("data", "config")
@@ -111,12 +112,6 @@ class RestoreError(Exception):
     def __init__(self, message: str, partial: bool = False) -> None:
         super().__init__(message)
         self.partial = partial
-
-
-def sha256_of(path: str) -> str:
-    """The file's sha256 (the Pi's Python is 3.11+: bookworm 3.11, trixie 3.13)."""
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def files_under(root: str) -> list[str]:
@@ -201,8 +196,53 @@ def make_dirs(staged_root: str, target_root: str, uid: int | None, gid: int | No
             os.chown(target, st.st_uid if uid is None else uid, st.st_gid if gid is None else gid)
 
 
-def restore(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+def extract(archive: str, staging: str) -> None:
+    """Unpack a checked archive into staging (members are checked first: no escapes, files and dirs only)."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            check_members(tar)
+            # Ownership and modes are the archive's (this runs as root). Python 3.11.4+ has extraction
+            # filters (bookworm's 3.11.2 has not); the members are already checked either way.
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="fully_trusted")  # noqa: S202
+            else:
+                tar.extractall(staging)  # noqa: S202
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise RestoreError(f"cannot read {archive}: {error}") from error
+
+
+def plan_config(staged_config: str, params: dict[str, Any], result: dict[str, Any]) -> None:
+    """Sort the archive's config files into restored (the host lacks them), kept (it has them) and skipped."""
+    for rel in files_under(staged_config) if params["restore_config"] else []:
+        if not under_any("/" + rel, params["config_paths"]):
+            result["config_skipped"].append("/" + rel)
+        else:
+            result["config_kept" if os.path.lexists("/" + rel) else "config_restored"].append("/" + rel)
+
+
+def put_in_place(staging: str, data_files: list[str], manifest: dict[str, str], params: dict[str, Any],
+                 config_paths: list[str]) -> None:
+    """Place the staged data (owned by the backend's uid) and config files, then hash the data again."""
     data_dir, uid, gid = params["data_dir"], params["owner"], params["group"]
+    staged_data, staged_config = os.path.join(staging, "data"), os.path.join(staging, "config")
+    if os.path.isdir(staged_data):
+        make_dirs(staged_data, data_dir, uid, gid)
+        for rel in data_files:
+            place(os.path.join(staged_data, rel), os.path.join(data_dir, rel), uid, gid)
+    for path in config_paths:
+        rel = path.lstrip("/")
+        staged = os.path.join(staged_config, rel)
+        top = rel.split("/", 1)[0]
+        make_dirs(os.path.join(staged_config, top), "/" + top, None, None)
+        st = os.stat(staged)
+        place(staged, path, st.st_uid, st.st_gid)
+    for rel in data_files:
+        if sha256_of(os.path.join(data_dir, rel)) != manifest["data/" + rel]:
+            raise RestoreError(f"{os.path.join(data_dir, rel)} does not match the manifest after restoring", partial=True)
+
+
+def restore(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
+    data_dir = params["data_dir"]
     result: dict[str, Any] = {"restored": False, "data_files": 0, "config_restored": [], "config_kept": [],
                               "config_skipped": [], "verified": 0}
     present = files_under(data_dir)
@@ -215,45 +255,16 @@ def restore(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(data_dir)}.restore-")
     try:
-        try:
-            with tarfile.open(params["archive"], "r:gz") as tar:
-                check_members(tar)
-                # Members are checked above; ownership and modes are the archive's (this runs as root).
-                if hasattr(tarfile, "data_filter"):  # Python with extraction filters (3.11.4+, 3.12+)
-                    tar.extractall(staging, filter="fully_trusted")
-                else:
-                    tar.extractall(staging)
-        except (tarfile.TarError, EOFError, OSError) as error:
-            raise RestoreError(f"cannot read {params['archive']}: {error}") from error
+        extract(params["archive"], staging)
         manifest = read_manifest(staging)
         result["verified"] = verify(staging, manifest)
-        staged_data = os.path.join(staging, "data")
-        data_files = files_under(staged_data)
+        data_files = files_under(os.path.join(staging, "data"))
         result["data_files"] = len(data_files)
-        staged_config = os.path.join(staging, "config")
-        for rel in files_under(staged_config) if params["restore_config"] else []:
-            if not under_any("/" + rel, params["config_paths"]):
-                result["config_skipped"].append("/" + rel)
-                continue
-            key = "config_kept" if os.path.lexists("/" + rel) else "config_restored"
-            result[key].append("/" + rel)
+        plan_config(os.path.join(staging, "config"), params, result)
         result["restored"] = bool(data_files or result["config_restored"])
         if check_mode:
             return result
-        if os.path.isdir(staged_data):
-            make_dirs(staged_data, data_dir, uid, gid)
-            for rel in data_files:
-                place(os.path.join(staged_data, rel), os.path.join(data_dir, rel), uid, gid)
-        for path in result["config_restored"]:
-            rel = path.lstrip("/")
-            staged = os.path.join(staged_config, rel)
-            top = os.path.join(staged_config, rel.split("/", 1)[0])
-            make_dirs(top, "/" + rel.split("/", 1)[0], None, None)
-            st = os.stat(staged)
-            place(staged, path, st.st_uid, st.st_gid)
-        for rel in data_files:
-            if sha256_of(os.path.join(data_dir, rel)) != manifest["data/" + rel]:
-                raise RestoreError(f"{os.path.join(data_dir, rel)} does not match the manifest after restoring", partial=True)
+        put_in_place(staging, data_files, manifest, params, result["config_restored"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     result["msg"] = (f"restored {len(data_files)} data file(s) into {data_dir} and {len(result['config_restored'])} config file(s); "

@@ -1,27 +1,26 @@
-"""The backend role's build-context archive: the same content gives the same bytes, and only then.
+"""pi5.streaming.build_context: the same content gives the same bytes, and only then.
 
 A regression here shows on the Pi as a rebuild of the image on every run (idempotence lost) or as a
 context that silently misses a change (a stale image).
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "roles" / "backend" / "files" / "pack_context.py"
+from tests.runner import run_module
 
 
-def pack(source: Path, wheels: Path, dest: Path) -> str:
-    run = subprocess.run([sys.executable, str(SCRIPT), f"--source={source}", f"--wheels={wheels}", f"--dest={dest}"],
-                         capture_output=True, text=True, check=True)
-    return run.stdout.strip()
+def pack(source: Path, wheels: Path, dest: Path, *flags: str) -> str:
+    """Run the module as the backend role does; "written" when it changed the archive, else "unchanged"."""
+    result = run_module("pi5.streaming.build_context", {"source": str(source), "wheels": str(wheels), "dest": str(dest)}, *flags)
+    assert not result.get("failed"), result
+    return "written" if result["changed"] else "unchanged"
 
 
-@pytest.fixture()
+@pytest.fixture
 def tree(tmp_path: Path) -> tuple[Path, Path]:
     source, wheels = tmp_path / "backend", tmp_path / "wheels"
     (source / "app").mkdir(parents=True)
@@ -70,3 +69,18 @@ def test_wheels_go_under_wheels_and_caches_stay_out(tree: tuple[Path, Path], tmp
     assert names(dest) == ["Dockerfile", "app/main.py", "wheels/fastapi-1-py3-none-any.whl"]
     with tarfile.open(dest) as tar:
         assert {(m.uid, m.mtime, m.mode) for m in tar.getmembers()} == {(0, 0, 0o644)}
+
+
+def test_check_mode_says_it_would_write_and_writes_nothing(tree: tuple[Path, Path], tmp_path: Path) -> None:
+    source, wheels = tree
+    dest = tmp_path / "context.tar"
+    assert pack(source, wheels, dest, "--check") == "written"
+    assert not dest.exists()
+
+
+def test_a_missing_source_fails_naming_the_option(tree: tuple[Path, Path], tmp_path: Path) -> None:
+    _, wheels = tree
+    result = run_module("pi5.streaming.build_context",
+                        {"source": str(tmp_path / "nowhere"), "wheels": str(wheels), "dest": str(tmp_path / "c.tar")})
+    assert result["failed"]
+    assert result["msg"].startswith("source:")
