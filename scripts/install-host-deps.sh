@@ -1,16 +1,38 @@
 #!/usr/bin/env bash
-# Install what a fresh Debian 12 controller lacks to run `make test`:
-# a Docker engine (the simulated Pi runs in it), debootstrap (builds the Pi
-# images without a registry), and the real nginx, curl and Chromium that the
-# stream-check tests drive. Idempotent; needs root.
+# What `make demo` and `make test` need on the machine itself, installed from
+# Debian when missing: a Docker engine (the simulated Pis run in it), debootstrap
+# (builds their images without a registry), the real nginx, curl and Chromium the
+# tests drive, Python's venv and Node.js (the toolchains), and the proxies the
+# stream check is tested against. Idempotent and quick when nothing is missing.
+# Installing needs root; otherwise it stops and prints the command to run.
 set -euo pipefail
 
-packages=(docker.io debootstrap nginx-light curl chromium ca-certificates iproute2 make)
+packages=(docker.io debootstrap nginx-light curl chromium ca-certificates iproute2 make openssl
+          openssh-client python3-venv)
+# Tools that may come from elsewhere than Debian (a newer Node.js, Docker's own engine).
+declare -A tools=([node]=nodejs [npm]=npm [docker]=docker.io)
 
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+for tool in "${!tools[@]}"; do
+  command -v "$tool" >/dev/null || missing+=("${tools[$tool]}")
+done
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
+engine_down=false
+docker info >/dev/null 2>&1 || engine_down=true
+
+if ((${#missing[@]} == 0)) && ! $engine_down; then
+  exit 0
+fi
+if ((EUID != 0)); then
+  echo "This machine lacks what the tests need:" >&2
+  ((${#missing[@]})) && echo "  Debian packages: ${missing[*]}" >&2
+  $engine_down && echo "  a running Docker engine (docker info fails)" >&2
+  echo "Install them as root, then run your command again:  sudo make deps" >&2
+  exit 1
+fi
 
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
@@ -28,7 +50,11 @@ pkill -f "nginx: master process /usr/sbin/nginx" 2>/dev/null || true
 
 if ! docker info >/dev/null 2>&1; then
   echo "starting dockerd"
-  nohup dockerd >/var/log/dockerd.log 2>&1 &
+  if command -v systemctl >/dev/null && systemctl start docker 2>/dev/null; then
+    :
+  else
+    nohup dockerd >/var/log/dockerd.log 2>&1 &
+  fi
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
     sleep 1

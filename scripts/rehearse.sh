@@ -8,7 +8,7 @@
 #      and ends with the stream check), then check the data is identical (sha256 and owner of
 #      every file, GET of every thread)
 #   5. newer data on the Pi, then a second converge: it must change nothing and keep that data
-#   6. the guards on the Pi itself (tests/pi_base/test_sim_guards.py): firewall, SSH keys only,
+#   6. the guards on the Pi itself (molecule/rehearse/tests/test_sim_guards.py): firewall, SSH keys only,
 #      a broken sshd setting or firewall rule never goes live
 # Prints the time of each step and of the rebuild. REHEARSE_KEEP=1 keeps the Pi afterwards.
 set -euo pipefail
@@ -17,11 +17,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$root/.venv/bin:$PATH" ANSIBLE_CONFIG="$root/ansible.cfg" PYTHONDONTWRITEBYTECODE=1
 scenario=rehearse
-instance=pi5-rehearse
-volume=pi5-rehearse-docker
+instance=${PI5_SIM:-pi5}-rehearse
+volume=$instance-docker
 backups="$root/backups/$instance"
 logs="$root/.cache/rehearse"
-data="$root/tests/pi_base/rehearse_data.py"
+data="$root/molecule/rehearse/rehearse_data.py"
 mkdir -p "$logs"
 rm -f "$logs"/*
 
@@ -124,7 +124,7 @@ step "converge again: nothing changes, nothing restored" converge_again
 step "the newer data is still there, untouched" bash -c \
   "python3 '$data' snapshot '$instance' '$logs/threads.json' '$logs/final.json' && python3 '$data' compare '$logs/newer.json' '$logs/final.json'"
 step "guards on the Pi (firewall, SSH, broken configs never go live)" \
-  env PI5_SIM_INSTANCE="$instance" pytest -q -p no:cacheprovider tests/pi_base/test_sim_guards.py
+  env PI5_SIM_INSTANCE="$instance" pytest -q molecule/rehearse/tests/test_sim_guards.py
 
 echo
 echo "Rehearsal passed in $(clock "$started"):"

@@ -129,7 +129,8 @@ def catalogue(wrong_port: int = CLASSIC_WRONG_PORT) -> list[Site]:
         Site(
             "wrong_upstream_port",
             "nginx proxies to 8000 while the backend runs on another port (seed: the Verse Pi, 8000 vs 7776)",
-            overrides={"nginx_upstream_port": wrong_port},
+            # backend_port as one inventory would set it for nginx alone (the group_vars set it for both).
+            overrides={"backend_port": wrong_port},
         ),
         Site(
             "short_read_timeout",

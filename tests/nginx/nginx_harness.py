@@ -228,6 +228,8 @@ def render_sites(
     folder.mkdir(parents=True, exist_ok=True)
     for site in sites:
         variables = {
+            # What the inventory's group_vars set once for the backend and nginx.
+            "backend_port": backend_port,
             "nginx_http_port": ports[site.name].http,
             "nginx_https_port": ports[site.name].https,
             "nginx_listen_ipv6": False,
@@ -255,7 +257,7 @@ def render_sites(
             "PYTHONDONTWRITEBYTECODE": "1",
         }
     )
-    extra = {"repo": str(REPO), "case_dir": str(folder), "backend_port": backend_port, "nginx_version": nginx_version()}
+    extra = {"repo": str(REPO), "case_dir": str(folder), "nginx_version": nginx_version()}
     argv = [str(ANSIBLE_PLAYBOOK), "-i", str(folder / "inventory.json"), str(RENDER_PLAYBOOK), "-e", json.dumps(extra)]
     run = subprocess.run(argv, cwd=folder, env=env, capture_output=True, text=True, check=False)
     if run.returncode != 0:

@@ -28,15 +28,16 @@ def boot(tmp_path: Path) -> Path:
     return directory
 
 
-def apply(tmp: Path, tasks: str, extra: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+def apply(tmp: Path, tasks: str | list[str], extra: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     inventory = tmp / "inventory"
     hosts = inventory / "hosts.yml" if inventory.exists() else make_inventory(inventory)
     return run_playbook(APPLY, hosts, {"role": "pi_base", "tasks": tasks, **extra}, env=env)
 
 
 def apply_boot(boot: Path, **extra: Any) -> dict[str, Any]:
-    settings = {"pi_base_boot_dir": str(boot), "pi_base_reboot": False, "pi_base_board_model": "", "pi_base_page_size": 4096}
-    report = apply(boot.parent, "boot.yml", {**settings, **extra})
+    settings = {"pi_base_boot_dir": str(boot), "pi_base_reboot": False, "pi_base_page_size": 4096}
+    # detect.yml reads the stand-in boot directory's cmdline.txt, as it reads the Pi's.
+    report = apply(boot.parent, ["detect.yml", "boot.yml"], {**settings, **extra})
     assert report["returncode"] == 0 or extra.get("expect_failure"), failures(report) or report["stderr"]
     return report
 
@@ -56,7 +57,7 @@ def test_a_cmdline_the_pi_cannot_boot_from_is_never_written(boot: Path) -> None:
     (boot / "cmdline.txt").write_text("console=tty1 quiet\n")  # no root=: broken already, or a wrong file
     report = apply_boot(boot, expect_failure=True)
     assert report["returncode"] != 0
-    assert failures(report)[0][0] == "Add the kernel flags that enable the memory cgroup (and any others configured)"
+    assert failures(report)[0][0] == "pi_base : Add the kernel flags that enable the memory cgroup (and any others configured)"
     assert (boot / "cmdline.txt").read_text() == "console=tty1 quiet\n"
 
 

@@ -1,115 +1,193 @@
 """Bad settings stop site.yml in its preflight, name the variable, and change nothing.
 
-Each case runs the real site.yml (against this machine as a stand-in Pi) with one
-bad value and reads the JSON play report: the play must fail in a preflight task,
-with a message naming the variable, after zero changed tasks.
+Each case runs the real site.yml, in check mode, against this machine as a stand-in Pi, with one bad
+value (or a vault without its password): the play must fail, with a message naming the variable, after
+zero changed tasks and before any role's own tasks began (Ansible validates a role's `main` entry point
+as its first task: no such task may have run but the preflight role's). The control cases show the
+same preflight passes good settings.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-INVENTORY = Path(__file__).with_name("inventory.yml")
-PREFLIGHT_TASKS = {
-    "Check every role's settings before anything on the Pi changes",
-    "Refuse settings that break streaming even though nginx would accept them",
-    "Refuse numbers outside their sane range",
+from tests.runner import HOST, SITE, failures, make_inventory, results, run_playbook, task_role
+
+PRIVATE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA-not-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
+VAULT_PASSWORD = "rehearsal-only"
+MAIN_STARTED = "Validating arguments against arg spec 'main'"
+
+
+def public_key(tmp: Path) -> Path:
+    key = tmp / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(key)], check=True)
+    return key.with_suffix(".pub")
+
+
+def private_key(tmp: Path) -> Path:
+    key = tmp / "id_ed25519"
+    key.write_text(PRIVATE_KEY)
+    return key
+
+
+def ansible_vault(tmp: Path, *args: str) -> str:
+    password = tmp / "vault-password"
+    password.write_text(VAULT_PASSWORD)
+    vault = Path(sys.executable).parent / "ansible-vault"
+    return subprocess.run([str(vault), *args, "--vault-password-file", str(password)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def encrypted_value(tmp: Path, name: str) -> str:
+    """A vault file whose values are encrypted one by one (ansible-vault encrypt_string)."""
+    return ansible_vault(tmp, "encrypt_string", "s3cret", "--name", name)
+
+
+def encrypted_file(tmp: Path, content: str) -> str:
+    """A vault file encrypted as a whole (ansible-vault encrypt)."""
+    plain = tmp / "plain.yml"
+    plain.write_text(content)
+    ansible_vault(tmp, "encrypt", str(plain))
+    return plain.read_text()
+
+
+def settings(**extra: Any) -> Callable[[Path], tuple[dict[str, Any], str]]:
+    return lambda _: (extra, "")
+
+
+# Each case: (variable the message must name, a function of a temp dir giving (extra vars, vault text)).
+Case = Callable[[Path], tuple[dict[str, Any], str]]
+CASES: dict[str, tuple[str, Case]] = {
+    # Types and choices (each role's argument spec, through its preflight entry point).
+    "port not a number": ("backend_port", settings(backend_port="abc")),
+    "http port zero": ("nginx_http_port", settings(nginx_http_port=0)),
+    "timeout not a number": ("nginx_stream_read_timeout_s", settings(nginx_stream_read_timeout_s="abc")),
+    "unknown location option": ("bogus", settings(nginx_stream_locations=[{"path": "/api", "bogus": 1}])),
+    "location without path": ("path", settings(nginx_stream_locations=[{"read_timeout_s": 60}])),
+    "unknown http version": ("nginx_proxy_http_version", settings(nginx_proxy_http_version="2.0")),
+    "bool that is not one": ("nginx_proxy_buffering", settings(nginx_proxy_buffering="maybe")),
+    "unknown docker source": ("docker_install_source", settings(docker_install_source="snap")),
+    "log size not a number": ("docker_log_max_size_mb", settings(docker_log_max_size_mb="ten")),
+    "unknown provider": ("backend_provider", settings(backend_provider="openai")),
+    "memory not a number": ("backend_memory_mb", settings(backend_memory_mb="lots")),
+    "unknown restart policy": ("backend_restart_policy", settings(backend_restart_policy="sometimes")),
+    "unknown swap policy": ("pi_base_swap", settings(pi_base_swap="file")),
+    "journal size not a number": ("pi_base_journal_max_use_mb", settings(pi_base_journal_max_use_mb="lots")),
+    "restore switch not a bool": ("backup_restore_missing_data", settings(backup_restore_missing_data="sometimes")),
+    # Each role's own rules.
+    "port out of range": ("backend_port", settings(backend_port=70000)),
+    "heartbeat out of range": ("backend_heartbeat_s", settings(backend_heartbeat_s=1000)),
+    "no streams": ("nginx_max_streams", settings(nginx_max_streams=0)),
+    "location without slash": ("nginx_stream_locations", settings(nginx_stream_locations=[{"path": "api"}])),
+    "gzip on event streams": ("nginx_gzip_types", settings(nginx_gzip_types=["text/css", "text/event-stream"])),
+    "certificate without key": ("nginx_tls_key_file", settings(nginx_tls_certificate_file="/etc/ssl/pi.pem")),
+    "log files out of range": ("docker_log_max_files", settings(docker_log_max_files=0)),
+    "archive to restore that is not there": ("backup_restore_archive", settings(backup_restore_archive="/nowhere/pi5.tar.gz")),
+    "unknown time zone": ("pi_base_timezone", settings(pi_base_timezone="Mars/Olympus_Mons")),
+    "time zone outside the tz database": ("pi_base_timezone", settings(pi_base_timezone="../../etc/passwd")),
+    "missing SSH public key file": (
+        "pi_base_deploy_user_ssh_key_files", lambda t: ({"pi_base_deploy_user_ssh_key_files": [str(t / "nope.pub")]}, "")),
+    "private key instead of the public one": (
+        "pi_base_deploy_user_ssh_key_files", lambda t: ({"pi_base_deploy_user_ssh_key_files": [str(private_key(t))]}, "")),
+    "key line that is no key": ("pi_base_deploy_user_ssh_keys", settings(pi_base_deploy_user_ssh_keys=["hello"])),
+    "passwords off, no key, Ansible on SSH": (
+        "pi_base_ssh_password_login",
+        settings(pi_base_login_connection="ssh", ansible_user="nobody-here", pi_base_deploy_user="nobody-here")),
+    "Ansible logs in as another user than the deploy user": (
+        "pi_base_deploy_user", settings(pi_base_login_connection="ssh", ansible_user="alice")),
+    "root login off while Ansible logs in as root": (
+        "pi_base_ssh_root_login", settings(pi_base_login_connection="ssh", ansible_user="root")),
+    "SSH moved to a port the firewall keeps closed": ("pi_base_ssh_extra_settings", settings(pi_base_ssh_extra_settings={"Port": 2222})),
+    "host name taken from an IP address": ("pi_base_hostname", settings(pi_base_hostname="192")),
+    "firewall closes SSH": ("pi_base_firewall_allowed_tcp_ports", settings(pi_base_firewall_allowed_tcp_ports=[80, 443])),
+    "firewall port out of range": ("pi_base_firewall_allowed_tcp_ports", settings(pi_base_firewall_allowed_tcp_ports=[22, 80, 443, 70000])),
+    "host name with an underscore": ("pi_base_hostname", settings(pi_base_hostname="pi_5")),
+    "config.txt line without =": ("pi_base_config_txt", settings(pi_base_config_txt=["dtparam pciex1"])),
+    "two kernel flags in one": ("pi_base_cmdline_flags", settings(pi_base_cmdline_flags=["cgroup_enable=memory quiet"])),
+    # The rules between roles (the preflight role's own).
+    "read timeout below heartbeat": ("nginx_stream_read_timeout_s", settings(nginx_stream_read_timeout_s=30)),
+    "keepalive longer than backend's": ("nginx_upstream_keepalive_timeout_s", settings(nginx_upstream_keepalive_timeout_s=90)),
+    "firewall closes nginx's HTTP port": ("pi_base_firewall_allowed_tcp_ports", settings(pi_base_firewall_allowed_tcp_ports=[22, 443])),
+    "Docker data root off the data disk": (
+        "docker_daemon_options",
+        settings(pi_base_data_disk_source="UUID=0000", docker_daemon_options={"data-root": "/var/lib/docker2"})),
+    # Secrets.
+    "vault value without the vault password": ("vault_backend_auth_token", lambda t: ({}, encrypted_value(t, "vault_backend_auth_token"))),
 }
 
-# (variable the message must name, extra vars): each a distinct kind of bad input.
-CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    "port not a number": ("backend_port", {"backend_port": "abc"}),
-    "port out of range": ("backend_port", {"backend_port": 70000}),
-    "http port zero": ("nginx_http_port", {"nginx_http_port": 0}),
-    "timeout not a number": ("nginx_stream_read_timeout_s", {"nginx_stream_read_timeout_s": "abc"}),
-    "unknown location option": ("bogus", {"nginx_stream_locations": [{"path": "/api", "bogus": 1}]}),
-    "location without slash": ("nginx_stream_locations", {"nginx_stream_locations": [{"path": "api"}]}),
-    "location without path": ("path", {"nginx_stream_locations": [{"read_timeout_s": 60}]}),
-    "unknown http version": ("nginx_proxy_http_version", {"nginx_proxy_http_version": "2.0"}),
-    "bool that is not one": ("nginx_proxy_buffering", {"nginx_proxy_buffering": "maybe"}),
-    "gzip on event streams": ("nginx_gzip_types", {"nginx_gzip_types": ["text/css", "text/event-stream"]}),
-    "upstream port mismatch": ("nginx_upstream_port", {"nginx_upstream_port": 8000}),
-    "read timeout below heartbeat": ("nginx_stream_read_timeout_s", {"nginx_stream_read_timeout_s": 30}),
-    "keepalive longer than backend's": ("nginx_upstream_keepalive_timeout_s", {"nginx_upstream_keepalive_timeout_s": 90}),
-    "certificate without key": ("nginx_tls_key_file", {"nginx_tls_certificate_file": "/etc/ssl/pi.pem"}),
-    "no streams": ("nginx_max_streams", {"nginx_max_streams": 0}),
-    "unknown docker source": ("docker_install_source", {"docker_install_source": "snap"}),
-    "log size not a number": ("docker_log_max_size_mb", {"docker_log_max_size_mb": "ten"}),
-    "unknown provider": ("backend_provider", {"backend_provider": "openai"}),
-    "memory not a number": ("backend_memory_mb", {"backend_memory_mb": "lots"}),
-    "unknown restart policy": ("backend_restart_policy", {"backend_restart_policy": "sometimes"}),
-}
+
+def run_case(case: str, tmp: Path) -> dict[str, Any]:
+    extra, vault = CASES[case][1](tmp)
+    return run_playbook(SITE, make_inventory(tmp / "inventory", vault), extra, "--check")
 
 
-def run_site(extra_vars: dict[str, Any], *args: str) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    run = subprocess.run(
-        ["ansible-playbook", "-i", str(INVENTORY), "-e", json.dumps(extra_vars), *args, str(ROOT / "site.yml")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
-    )
-    report: dict[str, Any] = json.loads(run.stdout)
-    report["returncode"] = run.returncode
-    return report
+def roles_started(report: dict[str, Any]) -> set[str]:
+    """Roles whose own tasks began (Ansible validated their `main` entry point), the preflight role aside."""
+    return {task_role(task) for task, _ in results(report) if MAIN_STARTED in str(task["task"]["name"])} - {"preflight"}
 
 
 @pytest.fixture(scope="module")
-def reports() -> dict[str, dict[str, Any]]:
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    dirs = {case: tmp_path_factory.mktemp("case") for case in CASES}
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = pool.map(lambda case: run_site(case[1]), CASES.values())
-        return dict(zip(CASES, results, strict=True))
-
-
-def task_name(task: dict[str, Any]) -> str:
-    """A task's name without the "role : " prefix the report adds."""
-    return str(task["task"]["name"]).split(" : ", 1)[-1]
-
-
-def failures(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """(task name, message) of every failed task result in the report."""
-    found = []
-    for play in report["plays"]:
-        for task in play["tasks"]:
-            for result in task["hosts"].values():
-                if result.get("failed"):
-                    messages = [str(result.get("msg", ""))]
-                    messages += [str(r.get("msg", "")) for r in result.get("results", []) if r.get("failed")]
-                    found.append((task_name(task), " ".join(messages)))
-    return found
+        return dict(zip(CASES, pool.map(lambda case: run_case(case, dirs[case]), CASES), strict=True))
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_bad_input_stops_the_play_in_preflight_naming_the_variable(case: str, reports: dict[str, dict[str, Any]]) -> None:
-    variable, _ = CASES[case]
+def test_bad_input_stops_site_yml_in_its_preflight_naming_the_variable(case: str, reports: dict[str, dict[str, Any]]) -> None:
+    variable = CASES[case][0]
     report = reports[case]
-    assert report["returncode"] != 0
-    stats = report["stats"]["preflight-target"]
-    assert stats["changed"] == 0
+    assert report["returncode"] != 0, report["stdout"][-2000:]
+    assert report["stats"][HOST]["changed"] == 0
     failed = failures(report)
-    assert failed, "the play failed without a failed task"
-    task, message = failed[0]
-    assert task in PREFLIGHT_TASKS, f"failed in {task!r}, not in the preflight"
-    assert variable in message, message
+    assert failed, f"the play failed without a failed task: {report['stderr'][-2000:]}"
+    assert variable in failed[-1][1], failed[-1]
+    assert not roles_started(report), f"failed after {roles_started(report)} began: {failed}"
 
 
-def test_shipped_settings_pass_the_preflight() -> None:
-    """The control case: the same preflight accepts the shipped settings (only the preflight
-    runs, by its tag: the rest of site.yml would provision this machine)."""
-    report = run_site({}, "--tags", "preflight")
+def test_a_private_key_is_never_printed(reports: dict[str, dict[str, Any]]) -> None:
+    report = reports["private key instead of the public one"]
+    assert "PRIVATE KEY" not in report["stdout"] + report["stderr"]
+
+
+def test_a_vault_file_encrypted_whole_stops_ansible_before_any_task(tmp_path: Path) -> None:
+    """Ansible itself refuses to start the play; nothing runs, so nothing can change."""
+    vault = encrypted_file(tmp_path, "vault_backend_auth_token: s3cret\n")
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory", vault), {}, "--check")
+    assert report["returncode"] != 0
+    assert "Attempting to decrypt but no vault secrets found" in report["stderr"] + report["stdout"]
+    assert not any(play["tasks"] for play in report["plays"])
+
+
+@pytest.mark.parametrize("form", ["inline values", "whole file"])
+def test_the_same_vault_passes_with_its_password(form: str, tmp_path: Path) -> None:
+    vault = (encrypted_value(tmp_path, "vault_backend_auth_token") if form == "inline values"
+             else encrypted_file(tmp_path, "vault_backend_auth_token: s3cret\n"))
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory", vault), {}, "--check", "--tags", "preflight",
+                          "--vault-password-file", str(tmp_path / "vault-password"))
     assert report["returncode"] == 0, failures(report)
-    assert report["stats"]["preflight-target"]["changed"] == 0
-    ran = {task_name(task) for play in report["plays"] for task in play["tasks"]}
-    assert {"Check every role's settings before anything on the Pi changes",
-            "Refuse settings that break streaming even though nginx would accept them"} <= ran
+    assert "s3cret" not in report["stdout"]
+
+
+def test_the_shipped_settings_pass_the_preflight(tmp_path: Path) -> None:
+    """The control case: the repository's settings pass, and every role's preflight ran, once."""
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), {}, "--check", "--tags", "preflight")
+    assert report["returncode"] == 0, failures(report)
+    assert report["stats"][HOST]["changed"] == 0
+    checked = [task_role(task) for task, _ in results(report) if "arg spec 'preflight'" in str(task["task"]["name"])]
+    assert sorted(checked) == ["backend", "backup", "docker", "nginx", "pi_base"]
+
+
+def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:
+    """The control case for the base rules: a real public key file, a real time zone, the firewall open for SSH."""
+    good = {"pi_base_deploy_user_ssh_key_files": [str(public_key(tmp_path))], "pi_base_timezone": "Europe/Berlin",
+            "pi_base_config_txt": ["dtparam=pciex1_gen=3", "[pi5]", "dtparam=fan_temp0=45000"],
+            "pi_base_login_connection": "ssh", "ansible_user": "pi", "pi_base_hostname": "pi5"}
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
+    assert report["returncode"] == 0, failures(report)

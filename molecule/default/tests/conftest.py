@@ -6,10 +6,6 @@ from typing import Any
 
 import pytest
 
-BACKEND_PORT = 7776  # the product's contract: the backend is on 127.0.0.1:7776
-PROBE = "/api/probe/stream?tokens=20&interval_ms=50"
-CERT = "/etc/nginx/pi5-tls/cert.pem"  # the self-signed certificate the nginx role makes
-
 
 @pytest.fixture
 def backend_inspect(host: Any) -> dict[str, Any]:

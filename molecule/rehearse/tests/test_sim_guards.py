@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 INSTANCE = os.environ.get("PI5_SIM_INSTANCE", "")
 KEY = ROOT / ".cache" / "sim-ssh" / "id_ed25519"
 SSH_OPTS = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -48,11 +48,11 @@ def connects(address: str, port: int, timeout: float = 3.0) -> str:
 
 
 def apply_tasks(tasks: str, extra: dict[str, object]) -> subprocess.CompletedProcess[str]:
-    """Run one pi_base task file on the Pi with extra settings, as site.yml would."""
+    """Run one pi_base task file on the Pi with extra settings, after the detection it builds on, as site.yml would."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(
         ["ansible-playbook", "-i", f"{INSTANCE},", str(ROOT / "tests" / "pi_base" / "apply_tasks.yml"),
-         "-e", json.dumps({"ansible_connection": "community.docker.docker", "role": "pi_base", "tasks": tasks, **extra})],
+         "-e", json.dumps({"ansible_connection": "community.docker.docker", "role": "pi_base", "tasks": ["detect.yml", tasks], **extra})],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
 
