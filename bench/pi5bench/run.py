@@ -134,7 +134,9 @@ class Bench:
         proc = subprocess.run(
             ["molecule", "converge", "-s", "demo", "--", "-e", extra],
             cwd=self.args.project_dir,
-            env=tool_env(self.args.project_dir),
+            # profile_tasks ends with the playbook's own run time: site.yml alone, without molecule around it.
+            env={**tool_env(self.args.project_dir), "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+                 "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "5"},
             capture_output=True,
             text=True,
             timeout=1200,
@@ -145,7 +147,8 @@ class Bench:
             r"changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
             re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr),
         )
-        result = {"seconds": took, "rc": proc.returncode, "recap": recap[-1] if recap else None}
+        result = {"seconds": took, "playbook_s": playbook_seconds(proc.stdout), "rc": proc.returncode,
+                  "recap": recap[-1] if recap else None}
         log(f"{label} converge: {result}")
         if proc.returncode != 0:
             Path(self.args.results_dir, f"converge-{label}.log").write_text(proc.stdout[-20000:] + proc.stderr[-5000:])
@@ -170,10 +173,16 @@ class Bench:
                     subprocess.run(["docker", "volume", "rm", "-f", "pi5-sim-docker"], capture_output=True, check=False)
                 prov["cold_converge"] = self.converge("cold")
                 prov["cold_converge_s"] = prov["cold_converge"]["seconds"]
+            elif self.args.converge == "warm":
+                # Another checkout (--project-dir) or other settings may have converged it last: settle first.
+                prov["settle_converge"] = self.converge("settle")
             warm = [self.converge(f"warm-{i + 1}") for i in range(self.args.warm_runs)]
             prov["warm_converges"] = warm
             if warm:
                 prov["warm_converge_median_s"] = statistics.median(w["seconds"] for w in warm)
+                playbook = [w["playbook_s"] for w in warm if w["playbook_s"] is not None]
+                if playbook:
+                    prov["warm_playbook_median_s"] = statistics.median(playbook)
         if self.args.cold_converge_s is not None and "cold_converge_s" not in prov:
             prov["cold_converge_s"] = self.args.cold_converge_s
             prov["cold_converge_note"] = "timed outside this run (--cold-converge-s), same command"
@@ -208,7 +217,7 @@ class Bench:
         log(f"stream check (3 hops, on the Pi): {times} s, exit codes {verdicts}")
         return {
             "stream_check_runs_s": times,
-            "stream_check_median_s": statistics.median(times),
+            "stream_check_median_s": statistics.median(times) if times else None,
             "stream_check_exit_codes": verdicts,
         }
 
@@ -498,6 +507,15 @@ def median_round(runs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return chosen
 
 
+def playbook_seconds(output: str) -> float | None:
+    """The playbook's run time from profile_tasks' last line (``... (0:00:00.058)       0:00:21.019``)."""
+    stamps = re.findall(r"\)\s+(\d+):(\d\d):(\d\d(?:\.\d+)?)\s", re.sub(r"\x1b\[[0-9;]*m", "", output) + " ")
+    if not stamps:
+        return None
+    hours, minutes, seconds = stamps[-1]
+    return round(int(hours) * 3600 + int(minutes) * 60 + float(seconds), 2)
+
+
 def tool_env(project_dir: str) -> dict[str, str]:
     """molecule and ansible from the repository's venv (as make runs them), with the project's ansible.cfg."""
     path = f"{REPO / '.venv/bin'}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -564,7 +582,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--converge",
         choices=("auto", "cold", "warm", "none"),
         default="auto",
-        help="auto: cold when pi5-sim is missing, else one converge with the bench settings",
+        help="auto: cold when pi5-sim is missing, else one converge with the bench settings; "
+        "warm: one untimed converge to settle, then the timed ones",
     )
     run.add_argument("--cold-converge-s", type=float, help="record a cold converge timed outside this run")
     run.add_argument("--warm-runs", type=int, default=2, help="timed re-runs that must change nothing (2)")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pi5bench import report
-from pi5bench.run import median_round, memory_per_stream, parse_args
+from pi5bench.run import median_round, memory_per_stream, parse_args, playbook_seconds
 
 
 def _phase(p99: float, streams: int = 1) -> dict[str, Any]:
@@ -73,3 +73,14 @@ def test_median_round_keeps_the_median_p99_and_the_median_ratio() -> None:
     assert chosen["rounds"]["p99_ratios"] == [1.2, 2.0, 1.1]
     assert chosen["rounds"]["median_ratio"] == 1.2
     assert report.latency_rows({"5": chosen})[0]["p99_ratio"] == 1.2
+
+
+def test_the_playbook_time_is_profile_tasks_last_stamp() -> None:
+    output = (
+        "TASKS RECAP ****\n"
+        "\x1b[0;33mMonday 30 November 2026  01:10:56 +0000 (0:00:00.058)       0:00:51.019 *******\x1b[0m\n"
+        "  │ nginx : Stream the probe --- 3.84s\n"
+    )
+    assert playbook_seconds(output) == 51.02
+    assert playbook_seconds("Monday (0:00:01.000)       1:02:03.5 ***\n") == 3723.5
+    assert playbook_seconds("no profile here") is None
