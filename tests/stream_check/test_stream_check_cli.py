@@ -1,4 +1,4 @@
-"""bin/stream-check as a user runs it: the system python3, no Ansible, exit codes."""
+"""bin/stream-check as a user runs it: a shell wrapper, the system python3, no Ansible, exit codes."""
 
 from __future__ import annotations
 
@@ -19,16 +19,19 @@ CLI = REPO / "bin" / "stream-check"
 PYTHON = shutil.which("python3.11", path="/usr/bin") or sys.executable
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "ANSIBLE"))}
     return subprocess.run(
-        [PYTHON, "-I", str(CLI), *args], capture_output=True, text=True, timeout=30, env=env, check=False
+        [str(CLI), *args], capture_output=True, text=True, timeout=30, env={**env, "PYTHON": PYTHON}, check=False,
+        cwd=cwd,
     )
 
 
-def test_is_an_executable_python3_script() -> None:
+def test_is_an_executable_shell_wrapper_around_the_core() -> None:
     assert os.access(CLI, os.X_OK)
-    assert CLI.read_text(encoding="utf-8").startswith("#!/usr/bin/env python3\n")
+    text = CLI.read_text(encoding="utf-8")
+    assert text.startswith("#!/bin/sh\n")
+    assert "-m ansible_collections.pi5.streaming.plugins.module_utils.stream_check.cli" in text
 
 
 def test_runs_without_ansible() -> None:
@@ -36,6 +39,26 @@ def test_runs_without_ansible() -> None:
     if probe.returncode == 0:
         pytest.skip(f"{PYTHON} has Ansible installed; cannot prove the CLI does without it")
     assert run("--help").returncode == 0
+
+
+def test_runs_from_any_directory_and_through_a_symlink(tmp_path: Path) -> None:
+    link = tmp_path / "stream-check"
+    link.symlink_to(CLI)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "ANSIBLE"))}
+    done = subprocess.run(
+        [str(link), "--help"], capture_output=True, text=True, timeout=30, env={**env, "PYTHON": PYTHON},
+        check=False, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: stream-check")
+
+
+def test_no_python_edits_sys_path() -> None:
+    """One import name everywhere: nothing in the repository's Python reaches the core by editing sys.path."""
+    sources = [path for top in ("bin", "collections", "bench", "scripts", "tests", "files") for path in (REPO / top).rglob("*.py")]
+    offenders = [str(path) for path in sources if "sys.path." in path.read_text(encoding="utf-8", errors="replace")
+                 and path != Path(__file__)]
+    assert sources and offenders == []
 
 
 def test_incremental_prints_the_table_and_exits_0(server: SseServer) -> None:
