@@ -198,16 +198,20 @@ def _pick_key(payloads: Sequence[Mapping[str, Any] | None]) -> str | None:
 
 
 def _unit(values: Sequence[float], window_s: float) -> tuple[str, str]:
-    """(unit, why) for numeric stamps: the epoch band they fall in, else the largest unit that fits."""
+    """(unit, why) for numeric stamps: the epoch band they fall in, else the largest unit that fits.
+
+    Either way the span must fit the time the events took to arrive: a relative nanosecond clock
+    (process.hrtime) can have the magnitude of epoch milliseconds, but not their span.
+    """
+    span = max(values) - min(values)
+    fitting = [unit for unit, scale in UNITS if span * scale <= window_s * SPAN_SLACK + SPAN_SLACK_S]
     middle = statistics.median(values)
     for unit, scale in UNITS:
-        if EPOCH_S[0] <= middle * scale <= EPOCH_S[1]:
-            return unit, f"epoch {UNIT_WORDS[unit]}, by their magnitude"
-    span = max(values) - min(values)
-    for unit, scale in UNITS:
-        if span * scale <= window_s * SPAN_SLACK + SPAN_SLACK_S:
-            return unit, f"{UNIT_WORDS[unit]} on a relative clock: the largest unit whose span fits the arrival"
-    return "ns", "nanoseconds on a relative clock"
+        if EPOCH_S[0] <= middle * scale <= EPOCH_S[1] and unit in fitting:
+            return unit, "epoch values, by their magnitude"
+    if fitting:
+        return fitting[0], "a relative clock: the largest unit whose span fits the arrival"
+    return "ns", "a relative clock"
 
 
 def _none(count: int, how: str) -> Stamps:
