@@ -102,9 +102,11 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     Hop,
     HopsResult,
     Request,
-    check as check_path,
     check_hops,
     check_stream,
+)
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
+    check as check_path,
 )
 from tests.nginx.nginx_cases import PROBE
 from tests.nginx.nginx_harness import Nginx, Stack

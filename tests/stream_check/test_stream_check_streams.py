@@ -150,7 +150,8 @@ class TestEmissionTimeUnits:
     def test_unit_is_decided_by_the_values_not_a_flag(self) -> None:
         payloads = [{"ts": 5.0 + 0.05 * i} for i in range(20)]
         seconds = read_timestamps(payloads, window_s=1.2)
-        assert (seconds.unit, seconds.emitted_ms[1]) == ("s", pytest.approx(5050.0))
+        assert seconds.unit == "s"
+        assert seconds.emitted_ms[1] == pytest.approx(5050.0)
         millis = read_timestamps([{"ts": 5000 + 50 * i} for i in range(20)], window_s=1.2)
         assert millis.unit == "ms"
 
@@ -221,17 +222,17 @@ class TestSilences:
 
 class TestWatch:
     def test_an_endless_feed_watched_for_a_window_is_judged_not_timed_out(self) -> None:
-        pieces = [(at, f"data: {{\"ts\": {stamp * 1000}}}\n\n".encode()) for at, stamp in zip(SPREAD, EMITTED_S)]
+        pieces = [(at, f"data: {{\"ts\": {stamp * 1000}}}\n\n".encode()) for at, stamp in zip(SPREAD, EMITTED_S, strict=True)]
         result = judge(pieces, curl_exit=28, end_ms=1200.0, watch=1.2)
         assert result.verdict == "incremental", result.diagnosis
         assert result.ended_cleanly
 
     def test_without_watch_the_same_capture_is_a_timeout(self) -> None:
-        pieces = [(at, f"data: {{\"ts\": {stamp * 1000}}}\n\n".encode()) for at, stamp in zip(SPREAD, EMITTED_S)]
+        pieces = [(at, f"data: {{\"ts\": {stamp * 1000}}}\n\n".encode()) for at, stamp in zip(SPREAD, EMITTED_S, strict=True)]
         assert judge(pieces, curl_exit=28, end_ms=1200.0).verdict == "timeout"
 
     def test_a_watched_feed_that_buffers_is_buffered(self) -> None:
-        pieces = [(at, f"data: {{\"ts\": {stamp * 1000}}}\n\n".encode()) for at, stamp in zip(FOURS, EMITTED_S)]
+        pieces = [(at, f"data: {{\"ts\": {stamp * 1000}}}\n\n".encode()) for at, stamp in zip(FOURS, EMITTED_S, strict=True)]
         assert judge(pieces, curl_exit=28, end_ms=1200.0, watch=1.2).verdict == "buffered"
 
 

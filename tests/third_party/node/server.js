@@ -7,6 +7,7 @@
 //   /compressed           /ms behind the `compression` middleware, never flushed (what most apps do)
 //   /compressed-flush     /ms behind `compression`, res.flush() after every event
 //   /brotli               /ms, brotli-compressed with zlib and flushed after every event (when br is accepted)
+//   /think                writeHead, then nothing for think_ms (1500): Node sends the headers with the first write
 // Query: n (events, 20), interval_ms (50). Listens on 127.0.0.1:PORT (argv[2]); prints "ready" when it does.
 'use strict';
 const http = require('http');
@@ -54,6 +55,12 @@ function sseHead(res, extra = {}) {
 const routes = {
   '/ms': (req, res) => { sseHead(res); stream(req, res); },
   '/hrtime': (req, res) => { sseHead(res); stream(req, res, { kind: 'hrtime' }); },
+  '/think': (req, res) => {
+    sseHead(res);
+    const pause = Number(new URL(req.url, 'http://localhost').searchParams.get('think_ms') || 1500);
+    const timer = setTimeout(() => stream(req, res), pause);
+    req.on('close', () => clearTimeout(timer));
+  },
   '/compressed': (req, res) => gzipAll(req, res, () => { sseHead(res); stream(req, res); }),
   '/compressed-flush': (req, res) => gzipAll(req, res, () => { sseHead(res); stream(req, res, { flush: true }); }),
   '/brotli': (req, res) => {
