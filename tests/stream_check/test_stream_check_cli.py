@@ -214,3 +214,23 @@ def test_help_lists_the_options_and_exit_codes() -> None:
     ):
         assert option in done.stdout
     assert "exit status: 0 incremental, 1 buffered/broken" in done.stdout
+
+
+def test_watch_judges_an_endless_feed_by_its_window(server: SseServer) -> None:
+    feed = server.url("/stream?n=200&interval_ms=20&done=0")  # ten seconds, no done event: "endless" here
+    done = run("--watch", "0.6", "--json", feed)
+    assert done.returncode == 0, done.stdout
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "incremental" and 10 <= result["events"] < 60
+    assert result["elapsed_ms"] < 3000
+    unwatched = run("--max-time", "0.6", feed)
+    assert unwatched.returncode == 1 and "timeout" in unwatched.stdout.lower()
+
+
+def test_https_without_a_forced_protocol_checks_what_the_server_offers(tls_server: TlsServer) -> None:
+    # This server offers HTTP/1.1 only (no h2 in ALPN): one result, and it says why.
+    done = run("--json", "-k", "--resolve", tls_server.resolve(), tls_server.url("/stream?n=6&interval_ms=20"))
+    assert done.returncode == 0, done.stdout
+    result = json.loads(done.stdout)
+    assert result["http_version"] == "1.1"
+    assert "the server offers no HTTP/2 (ALPN): checked over HTTP/1.1 only" in result["notes"]
