@@ -20,7 +20,8 @@ proxy_buffering on (buffering_on)      streams   streams   -         -        in
                                                                               X-Accel-Buffering: no turns it off
 ... + proxy_ignore_headers             BUFFERS   streams   streams   h2:      buffered, "nginx delivers all 20
 X-Accel-Buffering (buffering_ignored,                                streams  events in one burst after 1.0 s:
-_plain, _no_http2)                                                   no h2:   check proxy_buffering / gzip ...".
+_plain, _no_http2)                                                   no h2:   nginx (named by Server: nginx):
+                                                                              proxy_buffering off ...".
                                                                      BUFFERS  Buffered mode still writes what it
                                                                               reads at once, but unflushed: plain
                                                                               TCP sends it, TLS collects it in
@@ -34,12 +35,11 @@ _plain, _no_http2)                                                   no h2:   ch
 text/event-stream in gzip_types        streams   streams   -         -        incremental: the stream location's
 (gzip_types_sse)                                                              own "gzip off" wins
 ... and no "gzip off" in the location  gzip      gzip      gzip      streams  compressed, "response is gzip-
-(gzip_sse)                             20 deliv  20 deliv  20 deliv           compressed (20 events decoded; they
-                                                                              arrived in 20 deliveries): gzip
-                                                                              buffers until ...": unbuffered
-                                                                              proxying flushes gzip per chunk, so
-                                                                              it does NOT buffer; the advice is
-                                                                              wrong here (see the report)
+(gzip_sse)                             20 deliv  20 deliv  20 deliv           compressed (20 events decoded; each
+                                                                              arrived on its own): it streams here
+                                                                              only because every hop flushes ...":
+                                                                              unbuffered proxying flushes gzip per
+                                                                              chunk, so it does NOT buffer
 ... + buffering on, header ignored     BUFFERS   BUFFERS   BUFFERS   BUFFERS  compressed (1 delivery), failures
 (gzip_sse_buffering_ignored)                                                  also "buffered: ... one burst": no
                                                                               flush, gzip holds everything

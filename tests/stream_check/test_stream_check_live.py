@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 
@@ -290,3 +291,20 @@ class TestHops:
         result = check_hops(hops, stop_on_failure=True)
         assert result.first_bad_hop == "backend" and len(result.hops) == 1
         assert result.diagnosis.startswith("backend itself buffers: backend delivers all 8 events in one burst")
+
+    def test_hops_run_together_and_the_buffering_one_is_still_blamed(self, server: SseServer) -> None:
+        hops = [
+            Hop("backend", Request(url=server.url("/stream?n=20&interval_ms=40"))),
+            Hop("nginx", Request(url=server.url("/burst?n=20&interval_ms=40"))),
+            Hop("tunnel", Request(url=server.url("/stream?n=20&interval_ms=40"))),
+        ]
+        started = time.monotonic()
+        result = check_hops(hops)
+        took_ms = (time.monotonic() - started) * 1000.0
+        assert (result.verdict, result.first_bad_hop) == ("buffered", "nginx")
+        assert [hop.verdict for hop in result.hops] == ["incremental", "buffered", "incremental"]
+        assert result.diagnosis.startswith("nginx buffers: backend streams incrementally, but nginx delivers all 20")
+        # Three 0.8 s streams one after another take 2.4 s; together about one of them.
+        assert took_ms < 0.7 * sum(hop.elapsed_ms for hop in result.hops)
+        ports = [seen.client_port for seen in server.seen[-3:]]
+        assert len(set(ports)) == 3  # each hop its own fresh connection
