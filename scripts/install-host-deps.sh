@@ -8,7 +8,9 @@
 set -euo pipefail
 
 packages=(docker.io debootstrap nginx-light curl chromium ca-certificates iproute2 make openssl
-          openssh-client python3-venv)
+          openssh-client python3-venv
+          # The stream check's third-party proxies (tests/third_party), all in bookworm's main archive.
+          haproxy apache2 libapache2-mod-security2 lighttpd caddy)
 # Tools that may come from elsewhere than Debian (a newer Node.js, Docker's own engine).
 declare -A tools=([node]=nodejs [npm]=npm [docker]=docker.io)
 
@@ -37,6 +39,13 @@ fi
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The tests run their own servers on loopback ports: keep the packages' services (several want
+  # port 80) from starting on install, unless the machine already has a policy of its own.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

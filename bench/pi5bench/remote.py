@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-CORE = REPO / "collections/ansible_collections/pi5/streaming/plugins/module_utils/stream_check.py"
+CORE = REPO / "collections/ansible_collections/pi5/streaming/plugins/module_utils/stream_check"
 REMOTE_DIR = "/opt/pi5bench"
 
 

@@ -211,7 +211,7 @@ class Bench:
         times, verdicts = [], []
         for _ in range(self.args.check_runs):
             start = time.monotonic()
-            proc = self.pi.run(["python3", f"{REMOTE_DIR}/bin/stream-check", "--hops-file", f"{REMOTE_DIR}/hops.json"])
+            proc = self.pi.run(["sh", f"{REMOTE_DIR}/bin/stream-check", "--hops-file", f"{REMOTE_DIR}/hops.json"])
             times.append(round(time.monotonic() - start, 2))
             verdicts.append(proc.returncode)
         log(f"stream check (3 hops, on the Pi): {times} s, exit codes {verdicts}")
@@ -420,7 +420,7 @@ class Bench:
         start = time.monotonic()
         subprocess.run(["docker", "restart", str(self.args.container)], check=True, capture_output=True, timeout=120)
         restarted = round(time.monotonic() - start, 1)
-        check = ["python3", f"{REMOTE_DIR}/bin/stream-check", "--hops-file", f"{REMOTE_DIR}/hops.json"]
+        check = ["sh", f"{REMOTE_DIR}/bin/stream-check", "--hops-file", f"{REMOTE_DIR}/hops.json"]
         waited = self.pi.wait_until(check, timeout_s=self.args.reboot_timeout_s)
         total = None if waited is None else round(time.monotonic() - start, 1)
         host_check = subprocess.run(

@@ -20,7 +20,8 @@ proxy_buffering on (buffering_on)      streams   streams   -         -        in
                                                                               X-Accel-Buffering: no turns it off
 ... + proxy_ignore_headers             BUFFERS   streams   streams   h2:      buffered, "nginx delivers all 20
 X-Accel-Buffering (buffering_ignored,                                streams  events in one burst after 1.0 s:
-_plain, _no_http2)                                                   no h2:   check proxy_buffering / gzip ...".
+_plain, _no_http2)                                                   no h2:   nginx (named by Server: nginx):
+                                                                              proxy_buffering off ...".
                                                                      BUFFERS  Buffered mode still writes what it
                                                                               reads at once, but unflushed: plain
                                                                               TCP sends it, TLS collects it in
@@ -34,12 +35,11 @@ _plain, _no_http2)                                                   no h2:   ch
 text/event-stream in gzip_types        streams   streams   -         -        incremental: the stream location's
 (gzip_types_sse)                                                              own "gzip off" wins
 ... and no "gzip off" in the location  gzip      gzip      gzip      streams  compressed, "response is gzip-
-(gzip_sse)                             20 deliv  20 deliv  20 deliv           compressed (20 events decoded; they
-                                                                              arrived in 20 deliveries): gzip
-                                                                              buffers until ...": unbuffered
-                                                                              proxying flushes gzip per chunk, so
-                                                                              it does NOT buffer; the advice is
-                                                                              wrong here (see the report)
+(gzip_sse)                             20 deliv  20 deliv  20 deliv           compressed (20 events decoded; each
+                                                                              arrived on its own): it streams here
+                                                                              only because every hop flushes ...":
+                                                                              unbuffered proxying flushes gzip per
+                                                                              chunk, so it does NOT buffer
 ... + buffering on, header ignored     BUFFERS   BUFFERS   BUFFERS   BUFFERS  compressed (1 delivery), failures
 (gzip_sse_buffering_ignored)                                                  also "buffered: ... one burst": no
                                                                               flush, gzip holds everything
@@ -105,10 +105,15 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     check_hops,
     check_stream,
 )
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
+    check as check_path,
+)
 from tests.nginx.nginx_cases import PROBE
 from tests.nginx.nginx_harness import Nginx, Stack
 
-BUFFER_ADVICE = "check proxy_buffering / gzip for text/event-stream"
+# The response names nginx (Server: nginx, the role hides the version), so the advice is nginx's own setting.
+BUFFER_ADVICE = r"nginx \(named by Server: nginx\): proxy_buffering off in the stream's location .*"
+GZIP_ADVICE = "nginx (named by Server: nginx): gzip off in the stream's location, and no text/event-stream in gzip_types"
 ONE_BURST = r"nginx delivers all 20 events in one burst after \d+\.\d s"
 HOP_BURST = r"nginx-h1\.1 delivers all 20 events in one burst after \d+\.\d s"
 
@@ -273,6 +278,28 @@ class TestBreaks:
         h11 = result.hops[2]
         assert (h11.verdict, h11.largest_burst, h11.deliveries, h11.integrity) == ("buffered", 20, 1, "ok")
 
+    def test_no_protocol_forced_checks_both_and_names_http11(self, stack: Stack) -> None:
+        """What a user gets from bin/stream-check URL: both protocols, the buffering one named."""
+        server = stack.nginx("buffering_ignored")
+        outcome = check_path([Hop("", request(server), criteria(server))])
+        assert isinstance(outcome, HopsResult)
+        assert [(hop.name, hop.verdict, hop.http_version) for hop in outcome.hops] == [
+            ("h2", "incremental", "2"),
+            ("h1.1", "buffered", "1.1"),
+        ]
+        assert outcome.first_bad_hop == "h1.1"
+        assert re.fullmatch(rf"h1\.1 buffers: h2 streams incrementally, but {ONE_BURST}: {BUFFER_ADVICE}", outcome.diagnosis)
+
+    def test_hops_run_together_and_are_still_attributed(self, stack: Stack) -> None:
+        """The role's three hops at once: the buffering one is still named, in the time of one hop, not three."""
+        started = time.monotonic()
+        result = hops(stack, "buffering_ignored")
+        took_ms = (time.monotonic() - started) * 1000.0
+        assert (result.verdict, result.first_bad_hop) == ("buffered", "nginx-h1.1")
+        assert [hop.verdict for hop in result.hops] == ["incremental", "incremental", "buffered"]
+        # Sequentially it would take the sum of the three (about 3 s); together, about the longest one.
+        assert took_ms < 0.7 * sum(hop.elapsed_ms for hop in result.hops), (took_ms, [h.elapsed_ms for h in result.hops])
+
     def test_without_http2_every_client_gets_the_burst(self, stack: Stack) -> None:
         result = check(stack, "buffering_ignored_no_http2")  # curl offers h2 by ALPN; the server has none
         assert (result.verdict, result.http_version) == ("buffered", "1.1")
@@ -283,16 +310,17 @@ class TestBreaks:
         result = check(stack, "gzip_sse")
         assert result.verdict == "compressed"
         # The advice follows what was measured: every event on its own, or held back in bunches.
-        advice = (
-            "it streams here only because every hop flushes each chunk; one buffering hop makes gzip hold "
-            "output until its buffer fills"
-            if result.deliveries >= 20
-            else "gzip buffers until its buffer fills"
+        streamed = result.failures == [f"compressed: {result.diagnosis}"]
+        measured, advice = (
+            (
+                "each arrived on its own",
+                "it streams here only because every hop flushes each compressed chunk; one buffering hop makes gzip "
+                "hold output until its buffer fills",
+            )
+            if streamed
+            else (f"they arrived in {result.deliveries} bursts", "gzip holds output until its buffer fills unless every hop flushes")
         )
-        assert result.diagnosis == (
-            f"response is gzip-compressed (20 events decoded; they arrived in {result.deliveries} deliveries): "
-            f"{advice}; exclude text/event-stream from gzip_types"
-        )
+        assert result.diagnosis == f"response is gzip-compressed (20 events decoded; {measured}): {advice}; {GZIP_ADVICE}"
         # With proxy_buffering off nginx's gzip flushes after every upstream chunk: compressed, not held back
         # (the browser test shows a browser decoding it incrementally).
         assert result.failures == [f"compressed: {result.diagnosis}"]
@@ -301,9 +329,7 @@ class TestBreaks:
     def test_gzip_with_buffering_is_compressed_and_buffered(self, stack: Stack) -> None:
         result = check(stack, "gzip_sse_buffering_ignored")
         assert result.verdict == "compressed"
-        assert result.diagnosis.startswith(
-            "response is gzip-compressed (20 events decoded; they arrived in 1 deliveries)"
-        )
+        assert result.diagnosis.startswith("response is gzip-compressed (20 events decoded; all arrived in one burst)")
         assert re.fullmatch(f"buffered: {ONE_BURST}: {BUFFER_ADVICE}", result.failures[1])
 
     def test_wrong_upstream_port_is_a_502(self, stack: Stack) -> None:

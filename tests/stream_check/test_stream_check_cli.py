@@ -1,4 +1,4 @@
-"""bin/stream-check as a user runs it: the system python3, no Ansible, exit codes."""
+"""bin/stream-check as a user runs it: a shell wrapper, the system python3, no Ansible, exit codes."""
 
 from __future__ import annotations
 
@@ -19,16 +19,19 @@ CLI = REPO / "bin" / "stream-check"
 PYTHON = shutil.which("python3.11", path="/usr/bin") or sys.executable
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "ANSIBLE"))}
     return subprocess.run(
-        [PYTHON, "-I", str(CLI), *args], capture_output=True, text=True, timeout=30, env=env, check=False
+        [str(CLI), *args], capture_output=True, text=True, timeout=30, env={**env, "PYTHON": PYTHON}, check=False,
+        cwd=cwd,
     )
 
 
-def test_is_an_executable_python3_script() -> None:
+def test_is_an_executable_shell_wrapper_around_the_core() -> None:
     assert os.access(CLI, os.X_OK)
-    assert CLI.read_text(encoding="utf-8").startswith("#!/usr/bin/env python3\n")
+    text = CLI.read_text(encoding="utf-8")
+    assert text.startswith("#!/bin/sh\n")
+    assert "-m ansible_collections.pi5.streaming.plugins.module_utils.stream_check.cli" in text
 
 
 def test_runs_without_ansible() -> None:
@@ -36,6 +39,26 @@ def test_runs_without_ansible() -> None:
     if probe.returncode == 0:
         pytest.skip(f"{PYTHON} has Ansible installed; cannot prove the CLI does without it")
     assert run("--help").returncode == 0
+
+
+def test_runs_from_any_directory_and_through_a_symlink(tmp_path: Path) -> None:
+    link = tmp_path / "stream-check"
+    link.symlink_to(CLI)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "ANSIBLE"))}
+    done = subprocess.run(
+        [str(link), "--help"], capture_output=True, text=True, timeout=30, env={**env, "PYTHON": PYTHON},
+        check=False, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: stream-check")
+
+
+def test_no_python_edits_sys_path() -> None:
+    """One import name everywhere: nothing in the repository's Python reaches the core by editing sys.path."""
+    sources = [path for top in ("bin", "collections", "bench", "scripts", "tests", "files") for path in (REPO / top).rglob("*.py")]
+    offenders = [str(path) for path in sources if "sys.path." in path.read_text(encoding="utf-8", errors="replace")
+                 and path != Path(__file__)]
+    assert sources and offenders == []
 
 
 def test_incremental_prints_the_table_and_exits_0(server: SseServer) -> None:
@@ -191,3 +214,23 @@ def test_help_lists_the_options_and_exit_codes() -> None:
     ):
         assert option in done.stdout
     assert "exit status: 0 incremental, 1 buffered/broken" in done.stdout
+
+
+def test_watch_judges_an_endless_feed_by_its_window(server: SseServer) -> None:
+    feed = server.url("/stream?n=200&interval_ms=20&done=0")  # ten seconds, no done event: "endless" here
+    done = run("--watch", "0.6", "--json", feed)
+    assert done.returncode == 0, done.stdout
+    result = json.loads(done.stdout)
+    assert result["verdict"] == "incremental" and 10 <= result["events"] < 60
+    assert result["elapsed_ms"] < 3000
+    unwatched = run("--max-time", "0.6", feed)
+    assert unwatched.returncode == 1 and "timeout" in unwatched.stdout.lower()
+
+
+def test_https_without_a_forced_protocol_checks_what_the_server_offers(tls_server: TlsServer) -> None:
+    # This server offers HTTP/1.1 only (no h2 in ALPN): one result, and it says why.
+    done = run("--json", "-k", "--resolve", tls_server.resolve(), tls_server.url("/stream?n=6&interval_ms=20"))
+    assert done.returncode == 0, done.stdout
+    result = json.loads(done.stdout)
+    assert result["http_version"] == "1.1"
+    assert "the server offers no HTTP/2 (ALPN): checked over HTTP/1.1 only" in result["notes"]

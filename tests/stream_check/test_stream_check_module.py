@@ -18,6 +18,10 @@ basic = pytest.importorskip("ansible.module_utils.basic", reason="the module tes
 testing = pytest.importorskip("ansible.module_utils.testing")
 yaml = pytest.importorskip("yaml")
 
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (  # noqa: E402
+    OPTIONS,
+    argument_spec,
+)
 from ansible_collections.pi5.streaming.plugins.modules import stream_check as module  # noqa: E402
 
 MODULE_FILE = Path(module.__file__ or "")
@@ -105,7 +109,7 @@ class TestDocumentation:
     doc = yaml.safe_load(module.DOCUMENTATION)
 
     def test_documented_options_match_the_argument_spec(self) -> None:
-        spec = module.argument_spec()
+        spec = argument_spec()
         documented = self.doc["options"]
         assert set(documented) == set(spec)
         for name, option in spec.items():
@@ -117,12 +121,26 @@ class TestDocumentation:
             assert doc.get("aliases") == option.get("aliases"), name
 
     def test_documented_hop_suboptions_match(self) -> None:
-        spec = module.argument_spec()["hops"]["options"]
+        spec = argument_spec()["hops"]["options"]
         documented = self.doc["options"]["hops"]["suboptions"]
         assert set(documented) == set(spec)
         for name, option in spec.items():
             assert documented[name]["type"] == option["type"], name
             assert "default" not in documented[name], name  # unset suboptions inherit the top level
+
+    def test_every_option_of_the_table_is_documented_with_its_own_description(self) -> None:
+        documented = self.doc["options"]
+        for opt in OPTIONS:
+            assert documented[opt.ansible_name]["description"] == list(opt.description), opt.name
+
+    def test_documentation_is_what_the_generator_renders(self) -> None:
+        """The module file's options block is scripts/module_docs.py's output: it cannot drift from the table."""
+        script = REPO / "scripts" / "module_docs.py"
+        env = {**os.environ, "PYTHONPATH": str(COLLECTIONS)}
+        done = subprocess.run(
+            [sys.executable, str(script), "--check"], capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
 
     def test_examples_and_return_parse(self) -> None:
         examples = yaml.safe_load(module.EXAMPLES)

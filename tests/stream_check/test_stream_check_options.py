@@ -8,6 +8,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     Criteria,
     Request,
     UsageError,
+    accepted_encodings,
     build_curl_argv,
     hop_from_mapping,
     options_from_mapping,
@@ -34,7 +35,7 @@ class TestCurlArgv:
         assert "--location" not in args and "-L" not in args
         assert values(args, "--header") == [
             "Accept: text/event-stream",
-            "Accept-Encoding: gzip, deflate, br",
+            f"Accept-Encoding: {accepted_encodings()}",
             "Cache-Control: no-cache",
         ]
         assert values(args, "--dump-header") == ["/tmp/headers"]

@@ -16,6 +16,8 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     parse_sse,
     parse_writeout,
 )
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import curl as fetch_module
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import parse as parse_module
 
 
 def chunks(*pieces: tuple[float, bytes]) -> list[Chunk]:
@@ -105,10 +107,31 @@ class TestDecodeBody:
         assert error is None
         assert [e.data for e in parse_sse(decoded).events] == ["z"]
 
-    def test_brotli_cannot_be_decoded_and_says_so(self) -> None:
+    def test_brotli_is_decoded_chunk_by_chunk_keeping_stamps(self) -> None:
+        brotli = pytest.importorskip("brotli")
+        compressor = brotli.Compressor()
+        first = compressor.process(b"data: a\n\n") + compressor.flush()
+        second = compressor.process(b"data: b\n\n") + compressor.finish()
+        decoded, error = decode_body(chunks((0.1, first), (0.4, second)), "br")
+        assert error is None
+        assert [(e.at, e.data) for e in parse_sse(decoded).events] == [(0.1, "a"), (0.4, "b")]
+
+    def test_brotli_without_a_decoder_says_so_and_is_not_advertised(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(fetch_module, "brotli_decompressor", lambda: None)
+        monkeypatch.setattr(parse_module, "brotli_decompressor", lambda: None)
         decoded, error = decode_body(chunks((0.1, b"\x0b\x02\x80")), "br")
         assert decoded == []
-        assert error is not None and "br" in error
+        assert error is not None and "no brotli module" in error
+        assert fetch_module.accepted_encodings() == "gzip, deflate"
+
+    def test_brotli_is_advertised_only_with_a_decoder(self) -> None:
+        pytest.importorskip("brotli")
+        assert fetch_module.accepted_encodings() == "gzip, deflate, br"
+
+    def test_garbage_claiming_brotli(self) -> None:
+        pytest.importorskip("brotli")
+        _, error = decode_body(chunks((0.1, b"not brotli at all, not at all")), "br")
+        assert error is not None and "does not decode" in error
 
     def test_garbage_claiming_gzip(self) -> None:
         _, error = decode_body(chunks((0.1, b"not gzip at all")), "gzip")

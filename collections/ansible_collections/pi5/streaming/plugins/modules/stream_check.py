@@ -9,44 +9,52 @@ short_description: Prove that an endpoint streams Server-Sent Events incremental
 version_added: "1.0.0"
 description:
   - >-
-    Fetches an SSE endpoint once with C(curl -N) over a fresh connection, exactly like a browser asks for it
-    (C(Accept: text/event-stream), C(Accept-Encoding: gzip, deflate, br), C(Cache-Control: no-cache)),
-    stamps every event with its arrival time and decides whether the events arrived incrementally.
+    Fetches an SSE endpoint with C(curl -N) over a fresh connection, like a browser asks for it
+    (C(Accept: text/event-stream), C(Cache-Control: no-cache), and C(Accept-Encoding) with every encoding it
+    can decode: C(gzip, deflate), plus C(br) when a brotli module is installed), stamps every event with its
+    arrival time and decides whether the events arrived incrementally. Over https it checks HTTP/2 and
+    HTTP/1.1 unless O(http_version) picks one.
   - >-
     The verdict is C(incremental) only if the response is a C(200) C(text/event-stream) without
     Content-Encoding, at least O(min_events) events arrived, the stream ended cleanly, its events were
     spread over at least O(min_span_ratio) of the time they were emitted over, no burst held more than
     O(max_burst_share) of them, at least O(min_delivery_ratio) of them arrived separately and none was
-    more than O(max_lateness_ms) late. Otherwise the module fails with a diagnosis naming the likely
-    cause, for example C(nginx delivers all 20 events in one burst after 2.0 s: check proxy_buffering /
-    gzip for text/event-stream).
+    more than O(max_lateness_ms) late. Otherwise the module fails with a diagnosis naming the proxy or CDN
+    that answered (from its headers: C(Server), C(Via), C(cf-ray), C(x-amzn-*)...) and the setting that
+    fixes it, for example C(nginx delivers all 20 events in one burst after 2.0 s: nginx (named by Server:
+    nginx/1.22.1): proxy_buffering off in the stream's location ...).
   - >-
-    With O(hops), checks each hop of the path in order (for example the backend, then nginx, then a
-    tunnel) and attributes the fault to the first hop that breaks streaming (C(backend itself buffers),
-    C(nginx buffers: backend streams incrementally, but ...)).
-  - Lateness uses the C(ts) (integer ms since the epoch) of each event's JSON relative to the
-    least-delayed event, so clock offsets between the host and the server do not matter.
+    With O(hops), checks every hop of the path at the same time (for example the backend, then nginx,
+    then a tunnel), each over its own connection, and attributes the fault to the first hop that breaks
+    streaming (C(backend itself buffers), C(nginx buffers: backend streams incrementally, but ...)).
+  - >-
+    Lateness uses each event's emission time (C(ts), C(timestamp), C(time)... in its JSON: seconds,
+    milliseconds, microseconds or nanoseconds, the unit read from the values themselves, or RFC 3339
+    strings) relative to the least-delayed event, so clock offsets do not matter. Without emission times
+    the events are judged by their arrival alone, and the result says so.
   - Integrity compares the concatenated C(content) of the token events with the done event's
     C({"tokens", "sha256", "bytes"}) summary.
   - The same core runs as the C(bin/stream-check) CLI.
 author:
   - pi5 streaming maintainers
+# BEGIN OPTIONS: generated from module_utils/stream_check/options.py by scripts/module_docs.py
 options:
   url:
     description:
-      - The SSE endpoint to check. Mutually exclusive with O(hops).
+    - The SSE endpoint to check. Mutually exclusive with O(hops).
     type: str
   name:
     description:
-      - Label for the checked endpoint in the diagnosis (for example V(nginx)).
-      - Defaults to V(nginx) when the Server header says so, else V(the server).
+    - Label for the checked endpoint in the diagnosis (for example V(nginx)). Defaults to the proxy the response's
+      headers name (V(nginx), V(Caddy), V(Cloudflare)...), else V(the server).
     type: str
   hops:
     description:
-      - Ordered hops of the path to the browser, first the backend alone. Each hop takes O(hops[].name) and
-        O(hops[].url) plus any of the request and criteria options of this module, which override the
-        top-level values for that hop only (unset ones inherit them).
-      - The module result names the RV(first_bad_hop) and attributes the fault to it.
+    - Ordered hops of the path to the browser, first the backend alone. Each hop takes O(hops[].name) and O(hops[].url)
+      plus any of the request and criteria options of this module, which override the top-level values for that
+      hop only (unset ones inherit them).
+    - The hops are checked at the same time, each over its own fresh connection; the module result names the RV(first_bad_hop)
+      and attributes the fault to it.
     type: list
     elements: dict
     suboptions:
@@ -59,181 +67,216 @@ options:
         type: str
         required: true
       method:
-        description: Overrides O(method).
+        description:
+        - Overrides O(method).
         type: str
       data:
-        description: Overrides O(data).
+        description:
+        - Overrides O(data).
         type: raw
       headers:
-        description: Overrides O(headers) (replaces the whole dict).
+        description:
+        - Overrides O(headers).
         type: dict
       insecure:
-        description: Overrides O(insecure).
+        description:
+        - Overrides O(insecure).
         type: bool
       cacert:
-        description: Overrides O(cacert).
+        description:
+        - Overrides O(cacert).
         type: path
       resolve:
-        description: Overrides O(resolve).
+        description:
+        - Overrides O(resolve).
         type: list
         elements: str
       http_version:
-        description: Overrides O(http_version).
+        description:
+        - Overrides O(http_version).
         type: str
-        choices: ["auto", "1.1", "2"]
+        choices:
+        - auto
+        - '1.1'
+        - '2'
       max_time:
-        description: Overrides O(max_time).
+        description:
+        - Overrides O(max_time).
         type: float
       connect_timeout:
-        description: Overrides O(connect_timeout).
+        description:
+        - Overrides O(connect_timeout).
+        type: float
+      watch:
+        description:
+        - Overrides O(watch).
         type: float
       min_events:
-        description: Overrides O(min_events).
+        description:
+        - Overrides O(min_events).
         type: int
       expect_done:
-        description: Overrides O(expect_done).
+        description:
+        - Overrides O(expect_done).
         type: bool
       min_span_ratio:
-        description: Overrides O(min_span_ratio).
+        description:
+        - Overrides O(min_span_ratio).
         type: float
       max_burst_share:
-        description: Overrides O(max_burst_share).
+        description:
+        - Overrides O(max_burst_share).
         type: float
       burst_window_ms:
-        description: Overrides O(burst_window_ms).
+        description:
+        - Overrides O(burst_window_ms).
         type: float
       min_delivery_ratio:
-        description: Overrides O(min_delivery_ratio).
+        description:
+        - Overrides O(min_delivery_ratio).
         type: float
       max_lateness_ms:
-        description: Overrides O(max_lateness_ms).
+        description:
+        - Overrides O(max_lateness_ms).
         type: float
       expect_heartbeats:
-        description: Overrides O(expect_heartbeats).
+        description:
+        - Overrides O(expect_heartbeats).
         type: bool
       heartbeat_interval_ms:
-        description: Overrides O(heartbeat_interval_ms).
+        description:
+        - Overrides O(heartbeat_interval_ms).
         type: float
       expect_header:
-        description: Overrides O(expect_header). Typically only the nginx hop carries it.
+        description:
+        - Overrides O(expect_header).
         type: str
   stop_on_failure:
     description:
-      - With O(hops), stop after the first hop that fails instead of checking the rest too.
+    - With O(hops), check the hops one after another and stop after the first hop that fails, instead of checking
+      every hop at the same time.
     type: bool
     default: false
   method:
     description:
-      - HTTP method. Defaults to V(GET), or V(POST) when O(data) is given.
+    - HTTP method. Defaults to V(GET), or V(POST) when O(data) is given.
     type: str
   data:
     description:
-      - >-
-        Request body, sent with C(Content-Type: application/json). A dict or list is serialised to JSON.
+    - 'Request body, sent with C(Content-Type: application/json). A dict or list is serialised to JSON.'
     type: raw
   headers:
     description:
-      - Extra request headers. A header named like a default (C(Accept), C(Accept-Encoding),
-        C(Cache-Control), C(Content-Type)) replaces that default.
+    - 'Extra request headers. A header named like a default (C(Accept), C(Accept-Encoding), C(Cache-Control), C(Content-Type))
+      replaces that default. On the command line, C(-H ''Name: value''), repeatable.'
     type: dict
     default: {}
   insecure:
     description:
-      - Skip TLS certificate verification (curl C(-k)).
+    - Skip TLS certificate verification (curl C(-k)).
     type: bool
     default: false
   cacert:
     description:
-      - CA bundle to verify the server certificate with.
+    - CA bundle to verify the server certificate with.
     type: path
   resolve:
     description:
-      - curl C(--resolve HOST:PORT:ADDRESS) entries, to test a TLS server name against a local address.
+    - curl C(--resolve HOST:PORT:ADDRESS) entries, to test a TLS server name against a local address.
     type: list
     elements: str
     default: []
   http_version:
     description:
-      - V(1.1) forces HTTP/1.1, V(2) asks for HTTP/2, V(auto) lets curl negotiate (HTTP/2 over TLS when
-        the server offers it).
+    - 'V(1.1) forces HTTP/1.1, V(2) asks for HTTP/2. V(auto) checks every protocol the server offers: over https,
+      HTTP/2 and HTTP/1.1 (each on its own fresh connection, at the same time), and fails naming the protocol that
+      does not stream; a CDN or tunnel reaches an origin over HTTP/1.1 even when browsers use HTTP/2. Over http,
+      HTTP/1.1 (browsers never use cleartext HTTP/2).'
     type: str
-    choices: ["auto", "1.1", "2"]
+    choices:
+    - auto
+    - '1.1'
+    - '2'
     default: auto
   max_time:
     description:
-      - Seconds the whole stream may take (curl C(--max-time)).
+    - Seconds the whole stream may take (curl C(--max-time)).
     type: float
-    default: 10
-    aliases: [timeout_s]
+    default: 10.0
+    aliases:
+    - timeout_s
   connect_timeout:
     description:
-      - Seconds to establish the connection.
+    - Seconds to establish the connection.
     type: float
-    default: 5
+    default: 5.0
+  watch:
+    description:
+    - 'Watch an endless feed (no done event) for this many seconds and judge what arrived in that window: the end
+      of the window is the normal end, not a timeout, and no done event is expected.'
+    type: float
+  curl_path:
+    description:
+    - The curl executable.
+    type: str
+    default: curl
   min_events:
     description:
-      - Fewest events (the done event not counted) needed to prove incremental delivery.
+    - Fewest events (the done event and heartbeats not counted) needed to prove incremental delivery.
     type: int
     default: 5
   expect_done:
     description:
-      - >-
-        Require a terminating done event (C(event: done), a JSON C(type) of V(done), or C(data: [DONE])).
-      - Set to V(false) for generic endpoints; then a clean end of the response (curl exit 0) is enough.
+    - 'Require a terminating done event (C(event: done), C(data: [DONE]), a JSON C(type) of V(done) or V(message_stop)).
+      Set to V(false) for endpoints without one; then a clean end of the response is enough.'
     type: bool
     default: true
   min_span_ratio:
     description:
-      - When events carry C(ts), the events must arrive spread over at least this share of the span they
-        were emitted over.
+    - When events carry emission times, the events must arrive spread over at least this share of the span they
+      were emitted over.
     type: float
     default: 0.5
   max_burst_share:
     description:
-      - Largest share of all events allowed to arrive within O(burst_window_ms) of each other.
+    - Largest share of all events allowed to arrive within O(burst_window_ms) of each other.
     type: float
     default: 0.5
   burst_window_ms:
     description:
-      - Events arriving this close together count as one burst.
+    - Events arriving this close together count as one burst.
     type: float
-    default: 10
+    default: 10.0
   min_delivery_ratio:
     description:
-      - Smallest share of events that must arrive in a delivery of their own. An event emitted more than
-        O(burst_window_ms) after the previous one but arriving within O(burst_window_ms) of it was held
-        back and shares a delivery. Catches a stream released in a few large bunches.
+    - Smallest share of events that must arrive in a delivery of their own. An event emitted more than O(burst_window_ms)
+      after the previous one but arriving within O(burst_window_ms) of it was held back and shares a delivery. Catches
+      a stream released in a few large bunches.
     type: float
     default: 0.5
   max_lateness_ms:
     description:
-      - Largest lateness allowed for any event, measured against its C(ts) relative to the least-delayed
-        event.
+    - Largest lateness allowed for any event, measured against its emission time relative to the least-delayed event.
     type: float
-    default: 1000
+    default: 1000.0
   expect_heartbeats:
     description:
-      - Require C(:) comment heartbeats. The stream must pause longer than O(heartbeat_interval_ms) at
-        least once, and no silence may exceed 1.5 times the interval.
+    - Require C(:) comment heartbeats. The stream must pause longer than O(heartbeat_interval_ms) at least once,
+      and no silence (counted from the request, so a server that holds even its headers is caught) may exceed 1.5
+      times the interval.
     type: bool
     default: false
   heartbeat_interval_ms:
     description:
-      - The interval the server sends heartbeat comments at when idle.
+    - The interval the server sends heartbeat comments at when idle.
     type: float
-    default: 15000
+    default: 15000.0
   expect_header:
     description:
-      - >-
-        A response header the answer must carry, as C(Name: value), for example
-        C(X-Config-Revision: 3f2a9c). Proves that the config that answers is the one just deployed; a
-        missing or different value gives the verdict V(stale_config).
+    - 'A response header the answer must carry, as C(Name: value), for example C(X-Config-Revision: 3f2a9c). Proves
+      that the config that answers is the one just deployed; a missing or different value gives the verdict V(stale_config).'
     type: str
-  curl_path:
-    description:
-      - The curl executable.
-    type: str
-    default: curl
+# END OPTIONS
 notes:
   - Check mode runs the check as usual; it only reads from the endpoint and never changes anything
     (RV(changed) is always V(false)).
@@ -293,7 +336,7 @@ EXAMPLES = r"""
 RETURN = r"""
 verdict:
   description:
-    - C(incremental), or the first failed criterion; with O(hops), that of the first bad hop.
+    - C(incremental), or the first failed criterion; with O(hops) or both protocols, that of the first bad hop.
   returned: always
   type: str
   sample: buffered
@@ -323,11 +366,11 @@ table:
   type: str
 first_bad_hop:
   description: Name of the first hop that is not incremental, or null.
-  returned: with O(hops)
+  returned: with O(hops), or with O(url) over https when both HTTP/2 and HTTP/1.1 were checked
   type: str
 hops:
-  description: The full per-hop results, each with the keys returned for O(url).
-  returned: with O(hops)
+  description: The full per-hop (and per-protocol) results, each with the keys returned for a single check.
+  returned: with O(hops), or with O(url) over https when both HTTP/2 and HTTP/1.1 were checked
   type: list
   elements: dict
 url:
@@ -414,6 +457,21 @@ arrivals_ms:
   returned: with O(url)
   type: list
   elements: float
+proxies:
+  description: Every proxy or CDN the response's headers name, outermost first, each with its evidence.
+  returned: with O(url)
+  type: list
+  elements: str
+  sample: ["Cloudflare (a cf-ray header)", "nginx (Server: nginx/1.22.1)"]
+timestamps:
+  description: Where the events' emission times came from and in which unit, or why none were used.
+  returned: with O(url)
+  type: str
+  sample: "`ts` in seconds (epoch seconds, by their magnitude)"
+longest_silence_ms:
+  description: The longest time nothing arrived, counted from the request (headers held back count).
+  returned: with O(url)
+  type: float
 """
 
 from typing import Any
@@ -421,77 +479,22 @@ from typing import Any
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (
-    OPTION_DEFAULTS,
+    OPTIONS,
     CheckResult,
+    Hop,
     HopsResult,
     StreamCheckError,
-    check_hops,
-    check_stream,
+    argument_spec,
+    check,
     hop_from_mapping,
     options_from_mapping,
     render,
 )
 
-_REQUEST_OPTIONS: dict[str, dict[str, Any]] = {
-    "method": {"type": "str"},
-    "data": {"type": "raw"},
-    "headers": {"type": "dict"},
-    "insecure": {"type": "bool"},
-    "cacert": {"type": "path"},
-    "resolve": {"type": "list", "elements": "str"},
-    "http_version": {"type": "str", "choices": ["auto", "1.1", "2"]},
-    "max_time": {"type": "float"},
-    "connect_timeout": {"type": "float"},
-}
-_CRITERIA_OPTIONS: dict[str, dict[str, Any]] = {
-    "min_events": {"type": "int"},
-    "expect_done": {"type": "bool"},
-    "min_span_ratio": {"type": "float"},
-    "max_burst_share": {"type": "float"},
-    "burst_window_ms": {"type": "float"},
-    "min_delivery_ratio": {"type": "float"},
-    "max_lateness_ms": {"type": "float"},
-    "expect_heartbeats": {"type": "bool"},
-    "heartbeat_interval_ms": {"type": "float"},
-    "expect_header": {"type": "str"},
-}
-_EMPTY: dict[str, Any] = {"list": [], "dict": {}}
-
-
-def _default(key: str, spec: dict[str, Any]) -> Any:
-    """The core's default for an option, as the Ansible type (() becomes [] or {})."""
-    value = OPTION_DEFAULTS.get(key)
-    return _EMPTY[spec["type"]] if value == () else value
-
-
-def argument_spec() -> dict[str, dict[str, Any]]:
-    """Top-level options carry the defaults; hop suboptions have none, so unset ones inherit."""
-    top = {
-        key: {**spec, "default": default} if (default := _default(key, spec)) is not None else dict(spec)
-        for key, spec in {**_REQUEST_OPTIONS, **_CRITERIA_OPTIONS}.items()
-    }
-    top["max_time"]["aliases"] = ["timeout_s"]
-    hop_options: dict[str, dict[str, Any]] = {
-        "name": {"type": "str", "required": True},
-        "url": {"type": "str", "required": True},
-        **_REQUEST_OPTIONS,
-        **_CRITERIA_OPTIONS,
-    }
-    return {
-        "url": {"type": "str"},
-        "name": {"type": "str"},
-        "hops": {"type": "list", "elements": "dict", "options": hop_options},
-        "stop_on_failure": {"type": "bool", "default": False},
-        "curl_path": {"type": "str", "default": "curl"},
-        **top,
-    }
-
 
 def _defaults(params: dict[str, Any]) -> dict[str, Any]:
     """The top-level request and criteria options, in the core's terms."""
-    options = {key: params[key] for key in (*_REQUEST_OPTIONS, *_CRITERIA_OPTIONS)}
-    options["curl"] = params["curl_path"]
-    return options
+    return {opt.name: params[opt.ansible_name] for opt in OPTIONS}
 
 
 def run(params: dict[str, Any]) -> CheckResult | HopsResult:
@@ -499,9 +502,10 @@ def run(params: dict[str, Any]) -> CheckResult | HopsResult:
     defaults = _defaults(params)
     if params["hops"]:
         hops = [hop_from_mapping(hop, defaults) for hop in params["hops"]]
-        return check_hops(hops, stop_on_failure=params["stop_on_failure"])
-    request, criteria = options_from_mapping({**defaults, "url": params["url"]})
-    return check_stream(request, criteria, name=params["name"])
+    else:
+        request, criteria = options_from_mapping({**defaults, "url": params["url"]})
+        hops = [Hop(params["name"] or "", request, criteria)]
+    return check(hops, stop_on_failure=params["stop_on_failure"])
 
 
 def main() -> None:
