@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the images the simulated Pi needs, without any container registry:
 #   pi5-sim:bookworm, pi5-sim:trixie  systemd as PID 1, python3, like a fresh
-#                                     64-bit Raspberry Pi OS Lite (Debian 12/13)
+#                                     64-bit Raspberry Pi OS Lite (Debian 12/13); PI5_SIM_IMAGE
+#                                     names them otherwise (a checkout that changes this
+#                                     script builds its own, for molecule's scenarios to use)
 #   pi5-sim-python:3.11               stand-in for the official python:3.11-slim
 #                                     base image a real Pi pulls for the backend,
 #                                     also saved to .cache/images/ for the Pi to load
@@ -32,7 +34,7 @@ bootstrap() {  # suite rootfs packages
 }
 
 build_pi() {  # suite
-  local suite=$1 tag="pi5-sim:$1" inputs="$self_hash-$1" rootfs="$workdir/$1"
+  local suite=$1 tag="${PI5_SIM_IMAGE:-pi5-sim}:$1" inputs="$self_hash-$1" rootfs="$workdir/$1"
   if image_is_current "$tag" "$inputs"; then echo "$tag is current"; return; fi
   echo "building $tag from Debian $suite"
   bootstrap "$suite" "$rootfs" "$pi_packages"
