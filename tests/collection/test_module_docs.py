@@ -55,3 +55,11 @@ def test_the_documented_options_are_the_accepted_ones(module: Path) -> None:
     if accepted is None:
         pytest.skip("the argument spec is built, not written out (the module's own tests compare it with its docs)")
     assert documented_options(module) == accepted
+
+
+def test_ansible_doc_reads_the_holds_test_documentation() -> None:
+    ansible_doc = Path(sys.executable).parent / "ansible-doc"
+    run = subprocess.run([str(ansible_doc), "-t", "test", "--json", "pi5.streaming.holds"], cwd=ROOT, capture_output=True,
+                         text=True, check=False, env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["pi5.streaming.holds"]["doc"]["short_description"]

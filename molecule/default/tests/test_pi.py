@@ -36,11 +36,13 @@ def stream_check(host: Any, http_version: str = "2", **options: Any) -> dict[str
     return host.ansible("pi5.streaming.stream_check", json.dumps(args), check=False, become=True)  # type: ignore[no-any-return]
 
 
-def playbook(host: Any, *args: str, roles: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run site.yml (or what args name) from the controller against this simulated Pi only."""
+def playbook(host: Any, *args: str, roles: Path | None = None, report: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run site.yml (or what args name) from the controller against this simulated Pi only (report: JSON on stdout)."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT / "ansible.cfg")}
     if roles:
         env["ANSIBLE_ROLES_PATH"] = str(roles)
+    if report:
+        env |= {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
     return subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.host, *args,
          str(PROJECT / "site.yml")],
@@ -284,6 +286,26 @@ def test_another_image_with_the_same_contract_runs_without_editing_the_role(host
         assert stream_check(host).get("verdict") == "incremental"
     finally:
         assert playbook(host).returncode == 0  # back to the reference image for the other tests
+
+
+# Modules that write to the Pi: on a run with nothing to change, none of them may run at all.
+WRITERS = {"ansible.builtin.apt", "ansible.builtin.copy", "ansible.builtin.template", "ansible.builtin.file",
+           "ansible.builtin.systemd_service", "ansible.builtin.user", "ansible.builtin.lineinfile",
+           "ansible.posix.authorized_key", "community.general.timezone", "community.general.locale_gen",
+           "ansible.builtin.deb822_repository", "ansible.builtin.unarchive", "community.docker.docker_image_load"}
+
+
+def test_a_warm_run_writes_nothing_and_reads_each_role_once(host: Any) -> None:
+    """The warm path stays cheap: every role read the Pi once (host_state) and skipped each write whose state held."""
+    run = playbook(host, report=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [(task["task"]["name"], result) for play in json.loads(run.stdout)["plays"] for task in play["tasks"]
+               for result in task["hosts"].values()]
+    ran = [(name, result.get("action")) for name, result in results if not result.get("skipped")]
+    assert [name for name, action in ran if action in WRITERS] == []
+    reads = [name.split(" : ")[0] for name, action in ran if action == "pi5.streaming.host_state"]
+    # One read per role, the preflight's look at the time zone and keys, and the health report at the end.
+    assert sorted(reads) == ["backend", "docker", "nginx", "pi_base", "pi_base", "pi_base"]
 
 
 def test_check_mode_shows_the_change_and_changes_nothing(host: Any) -> None:

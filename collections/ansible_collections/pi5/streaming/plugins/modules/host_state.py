@@ -87,10 +87,12 @@ services_down:
   elements: str
   returned: always
 paths:
-  description: For each path, whether it exists, its type (file, directory, link, other), mode, owner, size and link target.
+  description:
+    - For each path, whether it exists, its type (file, directory, link, other), mode, owner, size, link target and,
+      for a regular file of at most 64 MiB, the sha256 of its content (the C(pi5.streaming.holds) test compares it).
   type: dict
   returned: always
-  sample: {/etc/nginx/pi5-tls: {exists: true, type: directory, mode: "0700", uid: 0, gid: 0, size: 4096, target: null}}
+  sample: {/etc/nginx/pi5-tls: {exists: true, type: directory, mode: "0700", uid: 0, gid: 0, size: 4096, target: null, sha256: null}}
 users:
   description: For each user, whether it exists, its uid, home and groups (primary and supplementary).
   type: dict
@@ -118,8 +120,11 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.pi5.streaming.plugins.module_utils.checksum import sha256_of
+
 DPKG_STATUS = "/var/lib/dpkg/status"
 READ_LIMIT = 65536
+HASH_LIMIT = 64 << 20  # config files, scripts, a build context; a larger file is not hashed
 FILE_TYPES = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "link"))
 
 
@@ -166,10 +171,12 @@ def path_state(path: str) -> dict[str, Any]:
     try:
         st = os.lstat(path)
     except OSError:
-        return {"exists": False, "type": None, "mode": None, "uid": None, "gid": None, "size": None, "target": None}
+        return {"exists": False, "type": None, "mode": None, "uid": None, "gid": None, "size": None, "target": None,
+                "sha256": None}
     kind = next((name for test, name in FILE_TYPES if test(st.st_mode)), "other")
     return {"exists": True, "type": kind, "mode": f"{stat.S_IMODE(st.st_mode):04o}", "uid": st.st_uid, "gid": st.st_gid,
-            "size": st.st_size, "target": os.readlink(path) if kind == "link" else None}
+            "size": st.st_size, "target": os.readlink(path) if kind == "link" else None,
+            "sha256": sha256_of(path) if kind == "file" and st.st_size <= HASH_LIMIT else None}
 
 
 def user_state(name: str) -> dict[str, Any]:
