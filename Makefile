@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deps venv backend-venv lint unit images molecule test demo demo-clean clean bench rehearse
+.PHONY: help deps venv backend-venv lint unit images molecule test demo demo-clean clean bench rehearse arm64 arm64-image arm64-clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -65,6 +65,18 @@ molecule: venv images  ## molecule test: site.yml on simulated bookworm and trix
 	$(BIN)/molecule test
 
 test: deps lint unit molecule rehearse  ## Everything CI runs (the first command on a fresh machine, as root)
+
+arm64-image:  ## Build the emulated arm64 Pi's disk image and arm64 base image (cached in .cache/); root
+	bash scripts/install-host-deps.sh arm64
+	bash scripts/build-arm64-image.sh >/dev/null
+	bash scripts/build-sim-images.sh python-arm64
+
+# Not in `make test`: about an hour under emulation on two shared cores (README, "arm64").
+arm64: venv arm64-image  ## site.yml, idempotence and the stream check on an emulated arm64 Pi 5 (QEMU)
+	$(BIN)/molecule test -s arm64
+
+arm64-clean:  ## Stop the emulated Pi if one is left running (molecule destroy -s arm64)
+	$(BIN)/molecule destroy -s arm64
 
 rehearse: venv images  ## SD-card rehearsal: provision, back up, destroy, rebuild from the backup, verify
 	bash scripts/rehearse.sh

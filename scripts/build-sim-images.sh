@@ -7,9 +7,11 @@
 #   pi5-sim-python:3.11               stand-in for the official python:3.11-slim
 #                                     base image a real Pi pulls for the backend,
 #                                     also saved to .cache/images/ for the Pi to load
+#   pi5-sim-python:3.11-arm64         the same for arm64 (the emulated Pi of `make arm64`; only on
+#                                     request: built under qemu-user unless this machine is arm64)
 # Each image is debootstrapped from Debian's mirror and `docker import`ed. It is
 # rebuilt only when this script or its suite changes (label pi5sim.inputs).
-# Usage: build-sim-images.sh [bookworm] [trixie] [python]   (default: all)
+# Usage: build-sim-images.sh [bookworm] [trixie] [python] [python-arm64]   (default: all but python-arm64)
 set -euo pipefail
 
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -25,8 +27,8 @@ image_is_current() {  # image inputs-hash
   [[ "$(docker image inspect -f '{{ index .Config.Labels "pi5sim.inputs" }}' "$1" 2>/dev/null)" == "$2" ]]
 }
 
-bootstrap() {  # suite rootfs packages
-  debootstrap --variant=minbase --include="$3" "$1" "$2" "$mirror" >"$2.log" 2>&1 \
+bootstrap() {  # suite rootfs packages [arch]
+  debootstrap --arch="${4:-$(dpkg --print-architecture)}" --variant=minbase --include="$3" "$1" "$2" "$mirror" >"$2.log" 2>&1 \
     || { tail -n 30 "$2.log" >&2; echo "debootstrap of $1 failed" >&2; return 1; }
   rm -rf "$2"/var/cache/apt/archives/*.deb "$2"/var/lib/apt/lists/*
   # An empty package list must look stale, or apt's cache_valid_time skips the update.
@@ -57,8 +59,8 @@ build_pi() {  # suite
   echo "built $tag"
 }
 
-save_python_archive() {  # the Pi's engine cannot pull: the backend role loads this
-  local tag=$1 archive="$archive_dir/pi5-sim-python-3.11.tar"
+save_python_archive() {  # tag archive; the Pi's engine cannot pull: the backend role loads this
+  local tag=$1 archive="$archive_dir/$2"
   if [[ -f "$archive" && "$(cat "$archive.id" 2>/dev/null)" == "$(docker image inspect -f '{{.Id}}' "$tag")" ]]; then
     return
   fi
@@ -68,16 +70,26 @@ save_python_archive() {  # the Pi's engine cannot pull: the backend role loads t
   echo "saved $tag to $archive"
 }
 
-build_python() {
-  local tag="pi5-sim-python:3.11" inputs="$self_hash-python" rootfs="$workdir/python"
-  if image_is_current "$tag" "$inputs"; then echo "$tag is current"; save_python_archive "$tag"; return; fi
+build_python() {  # [arch]: this machine's when empty
+  local arch=${1:-} tag="pi5-sim-python:3.11${1:+-$1}" inputs="$self_hash-python${1:+-$1}" rootfs="$workdir/python${1:+-$1}"
+  local archive="pi5-sim-python-3.11${1:+-$1}.tar"
+  if image_is_current "$tag" "$inputs"; then echo "$tag is current"; save_python_archive "$tag" "$archive"; return; fi
   echo "building $tag from Debian bookworm"
-  bootstrap bookworm "$rootfs" "$python_packages"
+  bootstrap bookworm "$rootfs" "$python_packages" "$arch"
   ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
-  tar -C "$rootfs" -c . | docker import \
-    -c 'CMD ["python3"]' -c "LABEL pi5sim.inputs=$inputs" - "$tag" >/dev/null
+  if [[ -z $arch ]]; then
+    tar -C "$rootfs" -c . | docker import \
+      -c 'CMD ["python3"]' -c "LABEL pi5sim.inputs=$inputs" - "$tag" >/dev/null
+  else
+    # docker import records this machine's architecture whatever --platform says (Docker 20.10);
+    # a build FROM scratch records the one asked for.
+    mkdir "$rootfs.context"
+    tar -C "$rootfs" -cf "$rootfs.context/rootfs.tar" .
+    printf 'FROM scratch\nADD rootfs.tar /\nCMD ["python3"]\nLABEL pi5sim.inputs=%s\n' "$inputs" \
+      | DOCKER_BUILDKIT=0 docker build -q --platform "linux/$arch" -t "$tag" -f - "$rootfs.context" >/dev/null
+  fi
   echo "built $tag"
-  save_python_archive "$tag"
+  save_python_archive "$tag" "$archive"
 }
 
 targets=("$@")
@@ -87,7 +99,8 @@ for target in "${targets[@]}"; do
   case "$target" in
     bookworm|trixie) build_pi "$target" & pids+=($!) ;;
     python) build_python & pids+=($!) ;;
-    *) echo "unknown image '$target' (expected bookworm, trixie or python)" >&2; exit 2 ;;
+    python-arm64) build_python arm64 & pids+=($!) ;;
+    *) echo "unknown image '$target' (expected bookworm, trixie, python or python-arm64)" >&2; exit 2 ;;
   esac
 done
 status=0

@@ -5,12 +5,18 @@
 # tests drive, Python's venv and Node.js (the toolchains), and the proxies the
 # stream check is tested against. Idempotent and quick when nothing is missing.
 # Installing needs root; otherwise it stops and prints the command to run.
+# `install-host-deps.sh arm64` adds what `make arm64` needs: QEMU's full arm64
+# machine, qemu-user with binfmt_misc (to configure arm64 root file systems
+# here) and the disk tools.
 set -euo pipefail
 
 packages=(docker.io debootstrap nginx-light curl chromium ca-certificates iproute2 make openssl
           openssh-client python3-venv
           # The stream check's third-party proxies (tests/third_party), all in bookworm's main archive.
           haproxy apache2 libapache2-mod-security2 lighttpd caddy)
+if [[ ${1:-} == arm64 ]]; then
+  packages+=(qemu-system-arm qemu-utils qemu-user-static binfmt-support e2fsprogs)
+fi
 # Tools that may come from elsewhere than Debian (a newer Node.js, Docker's own engine).
 declare -A tools=([node]=nodejs [npm]=npm [docker]=docker.io)
 
@@ -24,15 +30,24 @@ done
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u | sed '/^$/d')
 engine_down=false
 docker info >/dev/null 2>&1 || engine_down=true
+# arm64 programs run here through qemu-user (debootstrap's second stage for arm64).
+no_arm64_exec=false
+if [[ ${1:-} == arm64 && $(uname -m) != aarch64 ]] \
+   && [[ $(head -n 1 /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null) != enabled ]]; then
+  no_arm64_exec=true
+fi
 
-if ((${#missing[@]} == 0)) && ! $engine_down; then
+if ((${#missing[@]} == 0)) && ! $engine_down && ! $no_arm64_exec; then
   exit 0
 fi
 if ((EUID != 0)); then
   echo "This machine lacks what the tests need:" >&2
   ((${#missing[@]})) && echo "  Debian packages: ${missing[*]}" >&2
   $engine_down && echo "  a running Docker engine (docker info fails)" >&2
-  echo "Install them as root, then run your command again:  sudo make deps" >&2
+  $no_arm64_exec && echo "  a binfmt_misc handler for arm64 programs (qemu-aarch64)" >&2
+  how="sudo make deps"
+  [[ ${1:-} == arm64 ]] && how="sudo make arm64-image"
+  echo "Install them as root, then run your command again:  $how" >&2
   exit 1
 fi
 
@@ -48,6 +63,11 @@ if ((${#missing[@]})); then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if $no_arm64_exec; then
+  [[ -e /proc/sys/fs/binfmt_misc/register ]] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  update-binfmts --enable qemu-aarch64
 fi
 
 # The Debian nginx package starts a server on :80 on install; the tests run
