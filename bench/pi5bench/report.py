@@ -108,6 +108,16 @@ def markdown(results: Mapping[str, Any]) -> str:
         for name, value in provisioning.items():
             if isinstance(value, (int, float)):
                 lines.append(f"| {name} | {_fmt(float(value))} |")
+    rerun = results.get("rerun", {})
+    if rerun.get("playbook_median_s"):
+        medians = rerun["playbook_median_s"]
+        lines += [
+            "",
+            "| warm site.yml, nothing to change (median playbook s) | this checkout | against |",
+            "| --- | ---: | ---: |",
+            f"| {rerun.get('against', '?')} | {_fmt(medians.get('this'))} | {_fmt(medians.get('against'))} |",
+            f"- ratio this/against: **{_fmt(rerun.get('ratio_this_to_against'))}**",
+        ]
     drills = results.get("drills", {})
     if drills:
         lines += ["", "| drill | result |", "| --- | --- |"]

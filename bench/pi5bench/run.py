@@ -27,7 +27,7 @@ from . import report
 from .remote import REMOTE_DIR, REPO, Pi
 from .stats import capacity_search, plan_phase, ratio
 
-SECTIONS = ("provisioning", "latency", "capacity", "drills")
+SECTIONS = ("provisioning", "latency", "capacity", "drills", "rerun")
 DRILLS = ("reload", "backend_restart", "slow_reader", "idle_heartbeats", "reboot")
 # The bench's settings for the simulated Pi (one converge, every phase and drill):
 # no probe rate limit, a 10 s send timeout, 1 s heartbeats under a 5 s read
@@ -127,16 +127,18 @@ class Bench:
 
     # -- sections ---------------------------------------------------------
 
-    def converge(self, label: str) -> dict[str, Any]:
-        """molecule converge of the demo scenario with the bench's settings; seconds and changed count."""
-        extra = json.dumps(BENCH_VARS)
+    def converge(self, label: str, project_dir: str | None = None, env: dict[str, str] | None = None,
+                 *, bench_vars: bool = True) -> dict[str, Any]:
+        """molecule converge of the demo scenario (with the bench's settings); seconds, the playbook's, changed count."""
+        project_dir = project_dir or self.args.project_dir
+        extra = ["--", "-e", json.dumps(BENCH_VARS)] if bench_vars else []
         start = time.monotonic()
         proc = subprocess.run(
-            ["molecule", "converge", "-s", "demo", "--", "-e", extra],
-            cwd=self.args.project_dir,
+            ["molecule", "converge", "-s", "demo", *extra],
+            cwd=project_dir,
             # profile_tasks ends with the playbook's own run time: site.yml alone, without molecule around it.
-            env={**tool_env(self.args.project_dir), "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
-                 "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "5"},
+            env={**tool_env(project_dir), "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+                 "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "5", **(env or {})},
             capture_output=True,
             text=True,
             timeout=1200,
@@ -189,6 +191,35 @@ class Bench:
         self.install()
         prov.update(self.stream_check_times())
         self.results["provisioning"] = prov
+
+    def rerun(self) -> None:
+        """A warm site.yml (nothing to change, the shipped settings), this checkout against --rerun-against's.
+
+        Each checkout converges its own demo Pi (PI5_SIM names them apart; a checkout older than that
+        variable uses pi5-sim), once untimed to settle, then the timed runs alternate between the two so
+        that both see the same load on this shared machine.
+        """
+        if not self.args.rerun_against:
+            log("rerun: no --rerun-against checkout given; skipped")
+            return
+        pis = {"this": (self.args.project_dir, {"PI5_SIM": "rerun-this", "PI5_DEMO_HTTP_PORT": "48080",
+                                                "PI5_DEMO_HTTPS_PORT": "48443"}),
+               "against": (self.args.rerun_against, {"PI5_SIM": "rerun-against", "PI5_DEMO_HTTP_PORT": "48081",
+                                                     "PI5_DEMO_HTTPS_PORT": "48444"})}
+        settle = {name: self.converge(f"rerun {name} settle", directory, env, bench_vars=False)
+                  for name, (directory, env) in pis.items()}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pis}
+        for i in range(self.args.rerun_runs):
+            for name, (directory, env) in pis.items():
+                runs[name].append(self.converge(f"rerun {name} {i + 1}", directory, env, bench_vars=False))
+        medians = {name: statistics.median(r["playbook_s"] for r in found if r["playbook_s"] is not None)
+                   for name, found in runs.items()}
+        self.results["rerun"] = {
+            "this": self.args.project_dir, "against": self.args.rerun_against, "settle": settle, "runs": runs,
+            "playbook_median_s": medians, "ratio_this_to_against": ratio(medians["this"], medians["against"]),
+            "load": os.getloadavg(),
+        }
+        log(f"rerun: median playbook seconds {medians}")
 
     def install(self) -> None:
         """The bench on the Pi, and the hops of playbooks/verify.yml for bin/stream-check."""
@@ -476,9 +507,9 @@ class Bench:
             self.results["drills"] = kept.get("drills", {})  # drills not rerun keep their last result
         if "provisioning" in sections:
             self.provisioning()
-        else:
+        elif set(sections) - {"rerun"}:
             self.install()
-        for name in ("latency", "capacity", "drills"):
+        for name in ("latency", "capacity", "drills", "rerun"):
             if name in sections:
                 getattr(self, name)()
         self.results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -607,6 +638,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--idle-silence-ms", type=int, default=15000, help="3 x the bench's 5 s read timeout (15000)")
     run.add_argument("--reboot-timeout-s", type=float, default=240)
     run.add_argument("--budget-s", type=float, default=1500, help="stop starting new phases after this long (1500)")
+    run.add_argument("--rerun-against", help="rerun: another checkout (e.g. a worktree of an older commit) to time against")
+    run.add_argument("--rerun-runs", type=int, default=3, help="rerun: timed warm runs of each checkout (3)")
     run.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
     return p.parse_args(argv)
 

@@ -84,3 +84,12 @@ def test_the_playbook_time_is_profile_tasks_last_stamp() -> None:
     assert playbook_seconds(output) == 51.02
     assert playbook_seconds("Monday (0:00:01.000)       1:02:03.5 ***\n") == 3723.5
     assert playbook_seconds("no profile here") is None
+
+
+def test_the_rerun_comparison_is_in_the_table(tmp_path: Path) -> None:
+    results = {"rerun": {"against": "/work/old", "playbook_median_s": {"this": 15.2, "against": 51.0},
+                         "ratio_this_to_against": 0.298}}
+    report.write(results, tmp_path)
+    table = (tmp_path / "latest.md").read_text()
+    assert "| /work/old | 15.2 | 51.0 |" in table
+    assert "ratio this/against" in table
