@@ -149,7 +149,7 @@ class Bench:
             r"changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
             re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr),
         )
-        result = {"seconds": took, "playbook_s": playbook_seconds(proc.stdout), "rc": proc.returncode,
+        result = {"seconds": took, "playbook_s": playbook_seconds(proc.stdout + proc.stderr), "rc": proc.returncode,
                   "recap": recap[-1] if recap else None}
         log(f"{label} converge: {result}")
         if proc.returncode != 0:
@@ -206,6 +206,14 @@ class Bench:
                                                 "PI5_DEMO_HTTPS_PORT": "48443"}),
                "against": (self.args.rerun_against, {"PI5_SIM": "rerun-against", "PI5_DEMO_HTTP_PORT": "48081",
                                                      "PI5_DEMO_HTTPS_PORT": "48444"})}
+        for directory, env in pis.values():
+            names_its_pi = "PI5_SIM" in Path(directory, "molecule/demo/molecule.yml").read_text()
+            pi = f"{env['PI5_SIM']}-sim" if names_its_pi else "pi5-sim"
+            if subprocess.run(["docker", "inspect", pi], capture_output=True, check=False).returncode:
+                # Molecule keeps one state per scenario: a Pi of another name may be recorded as created.
+                # (Not `molecule reset`: the docker driver's reset removes every container molecule ever made.)
+                subprocess.run(["molecule", "destroy", "-s", "demo"], cwd=directory, env={**tool_env(directory), **env},
+                               capture_output=True, check=False)
         settle = {name: self.converge(f"rerun {name} settle", directory, env, bench_vars=False)
                   for name, (directory, env) in pis.items()}
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in pis}
