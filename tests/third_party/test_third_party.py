@@ -24,6 +24,7 @@ ground truth is unclear (a loaded machine) is measured again, alone.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -177,6 +178,10 @@ def test_module_and_cli_give_the_same_verdict_on_the_same_stream(stack: Stack, w
     observed = {"buffered": True, "incremental": False}
     assert by_module["verdict"] in observed  # these three are one or the other (ground truth above)
     assert by_module.get("failed", False) == observed[by_module["verdict"]]
-    assert by_module["msg" if by_module.get("failed") else "diagnosis"].split(" after ")[0] == (
-        by_cli["diagnosis"].split(" after ")[0]
-    )
+    # The same words; the measured figures differ (each face opened its own connection at its own moment).
+    assert wording(by_module["msg" if by_module.get("failed") else "diagnosis"]) == wording(by_cli["diagnosis"])
+
+
+def wording(diagnosis: str) -> str:
+    """A diagnosis without its measured figures: numbers, and the burst sizes in parentheses (4+5+5+5+1)."""
+    return re.sub(r"\d+(\.\d+)?", "N", re.sub(r"\(\d+(\+\d+)+\)", "", diagnosis))
