@@ -45,7 +45,8 @@ def apply_boot(boot: Path, **extra: Any) -> dict[str, Any]:
 def test_the_memory_cgroup_flags_are_added_once_to_the_one_line(boot: Path) -> None:
     first = apply_boot(boot)
     assert first["stats"]["preflight-target"]["changed"] >= 1
-    assert (boot / "cmdline.txt").read_text() == CMDLINE.rstrip("\n") + " cgroup_enable=memory cgroup_memory=1\n"
+    # Only cgroup_enable=memory: the Pi kernels know no cgroup_memory=1.
+    assert (boot / "cmdline.txt").read_text() == CMDLINE.rstrip("\n") + " cgroup_enable=memory\n"
     assert [p.name for p in boot.glob("cmdline.txt.*~")], "no dated backup of cmdline.txt"
     assert any("reboot the Pi yourself" in m for m in messages(first))
     second = apply_boot(boot)
@@ -79,17 +80,65 @@ def test_the_16k_page_kernel_is_warned_about_for_images_that_need_4k(boot: Path,
     assert any("WARNING" in m and "example/jemalloc-app:1" in m for m in messages(report)) is warned
 
 
-@pytest.mark.parametrize(("model", "container", "pi5"), [
-    ("Raspberry Pi 5 Model B Rev 1.0\0", False, True),
-    ("Raspberry Pi 5 Model B Rev 1.0\0", True, False),  # a container on a Pi 5 sees the host's device tree
-    ("Raspberry Pi 4 Model B Rev 1.5\0", False, False),
-    (None, False, False),  # no device tree: a PC, a VM
+PROC_CGROUPS_HEAD = "#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t2\t90\t1\n"
+
+
+@pytest.mark.parametrize(("controllers", "proc_cgroups", "on"), [
+    ("cpuset cpu io memory pids\n", PROC_CGROUPS_HEAD, True),  # cgroup v2 (Raspberry Pi OS), memory on
+    ("cpuset cpu io pids\n", PROC_CGROUPS_HEAD + "memory\t0\t90\t1\n", False),  # v2 without it: /proc/cgroups is not asked
+    (None, PROC_CGROUPS_HEAD + "memory\t4\t90\t1\n", True),  # cgroup v1: /proc/cgroups alone tells
+    (None, PROC_CGROUPS_HEAD + "memory\t0\t90\t0\n", False),
 ])
-def test_boot_settings_are_managed_only_on_a_detected_pi_5(tmp_path: Path, model: str | None, container: bool, pi5: bool) -> None:
-    model_file = tmp_path / "model"
-    if model is not None:
-        model_file.write_text(model)
-    report = apply(tmp_path, "detect.yml", {"pi_base_device_tree_model": str(model_file), "pi_base_in_container": container})
+def test_the_memory_cgroup_is_checked_once_the_flag_is_booted(
+        boot: Path, controllers: str | None, proc_cgroups: str, on: bool) -> None:
+    """With the flag already on the command line (the Pi booted it), a kernel without the memory controller stops the play."""
+    (boot / "cmdline.txt").write_text(CMDLINE.rstrip("\n") + " cgroup_enable=memory\n")
+    if controllers is not None:
+        (boot.parent / "cgroup.controllers").write_text(controllers)
+    (boot.parent / "cgroups").write_text(proc_cgroups)
+    report = apply(boot.parent, ["detect.yml", "boot.yml", "cgroup.yml"], {
+        "pi_base_boot_dir": str(boot), "pi_base_reboot": False, "pi_base_page_size": 4096,
+        "pi_base_cgroup_controllers_path": str(boot.parent / "cgroup.controllers"),
+        "pi_base_proc_cgroups_path": str(boot.parent / "cgroups")})
+    assert (report["returncode"] == 0) is on, failures(report)
+    if not on:
+        [(task, message)] = failures(report)
+        assert task.startswith("pi_base : ") and "pi_base_cmdline_flags" in message and "memory" in message
+
+
+def test_a_flag_just_added_is_not_checked_before_the_reboot(boot: Path) -> None:
+    """pi_base_reboot false: the running kernel is the old one, so its missing controller is no failure yet."""
+    (boot.parent / "cgroup.controllers").write_text("cpuset cpu io pids\n")
+    report = apply(boot.parent, ["detect.yml", "boot.yml", "cgroup.yml"], {
+        "pi_base_boot_dir": str(boot), "pi_base_reboot": False, "pi_base_page_size": 4096,
+        "pi_base_cgroup_controllers_path": str(boot.parent / "cgroup.controllers")})
+    assert report["returncode"] == 0, failures(report)
+
+
+PI5 = ("Raspberry Pi 5 Model B Rev 1.0\0", "raspberrypi,5-model-b\0brcm,bcm2712\0")
+CM5 = ("Raspberry Pi Compute Module 5 Rev 1.0\0", "raspberrypi,5-compute-module\0brcm,bcm2712\0")
+PI4 = ("Raspberry Pi 4 Model B Rev 1.5\0", "raspberrypi,4-model-b\0brcm,bcm2711\0")
+
+
+@pytest.mark.parametrize(("tree", "boot_partition", "pi5"), [
+    (PI5, True, True),
+    (CM5, True, True),  # a Compute Module 5: another model string, the same SoC
+    (PI5, False, False),  # a container on a Pi 5 sees the host's device tree, not its boot partition
+    (PI4, True, False),
+    (None, True, False),  # no device tree: a PC, a VM
+], ids=["pi5", "cm5", "container-on-pi5", "pi4", "no-device-tree"])
+def test_boot_settings_are_managed_only_on_a_detected_pi_5(
+        tmp_path: Path, tree: tuple[str, str] | None, boot_partition: bool, pi5: bool) -> None:
+    device_tree = tmp_path / "device-tree"
+    device_tree.mkdir()
+    if tree is not None:
+        (device_tree / "model").write_text(tree[0])
+        (device_tree / "compatible").write_text(tree[1])
+    firmware = tmp_path / "firmware"
+    if boot_partition:
+        firmware.mkdir()
+        (firmware / "cmdline.txt").write_text(CMDLINE)
+    report = apply(tmp_path, "detect.yml", {"pi_base_device_tree_dir": str(device_tree), "pi_base_boot_dir": str(firmware)})
     assert report["returncode"] == 0, failures(report)
     said = [m for m in messages(report) if "boot settings" in m]
     assert said and ("Pi 5 boot settings are managed" in said[0]) is pi5, said
@@ -98,7 +147,7 @@ def test_boot_settings_are_managed_only_on_a_detected_pi_5(tmp_path: Path, model
 def test_this_machine_is_detected_as_no_pi_5(tmp_path: Path) -> None:
     """The control: real detection here (a container or a PC) leaves any boot partition alone."""
     report = apply(tmp_path, "detect.yml", {})
-    assert any("Not a Pi 5 host: boot settings are left alone" in m for m in messages(report)), messages(report)
+    assert any("Not a Pi 5 host" in m and "boot settings are left alone" in m for m in messages(report)), messages(report)
 
 
 def test_health_decodes_throttling_into_words(tmp_path: Path) -> None:

@@ -50,7 +50,25 @@ def playbook(host: Any, *args: str, roles: Path | None = None, report: bool = Fa
     )
 
 
+def wait_until_healthy(host: Any, timeout_s: int = 120) -> str:
+    """The backend container's health once it leaves `starting` (or what it still is after timeout_s)."""
+    with host.sudo():
+        return host.check_output(  # type: ignore[no-any-return]
+            f"for i in $(seq {timeout_s}); do s=$(docker inspect -f '{{{{.State.Health.Status}}}}' backend 2>/dev/null);"
+            " case $s in healthy|unhealthy) break;; esac; sleep 1; done; echo $s")
+
+
 # --- Base system (pi_base) --------------------------------------------------
+
+def test_the_pi_5_boot_paths_were_taken(host: Any) -> None:
+    """The simulated Pi is detected as a Pi 5 (bookworm) or Compute Module 5 (trixie): its cmdline.txt got the memory
+    cgroup flag, still one line, and config.txt is Raspberry Pi OS's own."""
+    cmdline = host.file("/boot/firmware/cmdline.txt").content_string
+    assert cmdline.count("\n") == 1 and cmdline.split()[-1] == "cgroup_enable=memory", cmdline
+    assert "cgroup_memory=1" not in cmdline
+    assert host.file("/boot/firmware/config.txt").content_string.startswith("# For more options and information see")
+
+
 
 def test_sshd_takes_keys_only_and_refuses_root(host: Any) -> None:
     effective = host.run("sshd -T -C user=pi,host=pi5,addr=127.0.0.1")
@@ -106,6 +124,11 @@ def test_backend_container_is_hardened_and_restarts(backend_inspect: dict[str, A
     assert config["User"] not in ("", "0", "root", "0:0")
     assert hostcfg["ReadonlyRootfs"] is True
     assert hostcfg["Memory"] > 0
+
+
+def test_backend_container_reports_healthy(host: Any) -> None:
+    """Its Docker healthcheck runs `docker exec` as uid 10001: it passes, as on a real Pi (root may enter it)."""
+    assert wait_until_healthy(host) == "healthy"
 
 
 def test_backend_is_published_on_loopback_7776_only(backend_inspect: dict[str, Any]) -> None:
@@ -317,3 +340,25 @@ def test_check_mode_shows_the_change_and_changes_nothing(host: Any) -> None:
     assert "+        proxy_read_timeout 1800s;" in run.stdout
     assert host.file(live).sha256sum == before
     assert "proxy_read_timeout 3600s;" in host.file(live).content_string
+
+
+# --- The Pi reboots ---------------------------------------------------------
+
+def test_after_a_reboot_the_backend_is_healthy_and_a_run_changes_nothing(host: Any) -> None:
+    """Power cut or `sudo reboot`: systemd brings Docker and the backend back by themselves, and site.yml then finds
+    nothing to change (the simulated Pi's container ends with its systemd and Docker starts it again)."""
+    name = host.backend.host
+    before = host.check_output("cut -d ' ' -f 22 /proc/1/stat")
+    with host.sudo():
+        host.run("systemctl reboot")
+    # Until PID 1 is a new one and systemd has finished booting.
+    subprocess.run(["sh", "-c", f"for i in $(seq 180); do s=$(docker exec {name} cut -d ' ' -f 22 /proc/1/stat 2>/dev/null);"
+                    f" [ -n \"$s\" ] && [ \"$s\" != {before} ] && docker exec {name} systemctl is-system-running --wait"
+                    " 2>/dev/null | grep -qE '^(running|degraded)$' && break; sleep 1; done"], check=False, timeout=400)
+    assert host.check_output("cut -d ' ' -f 22 /proc/1/stat") != before, "the simulated Pi did not reboot"
+    assert wait_until_healthy(host) == "healthy"
+    run = playbook(host, report=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = json.loads(run.stdout)["stats"][name]
+    assert stats["changed"] == 0 and stats["failures"] == 0, stats
+    assert stream_check(host).get("verdict") == "incremental"
