@@ -106,6 +106,15 @@ CONFIG
     printf 'Raspberry Pi Compute Module 5 Rev 1.0\0' >"$tree/model"
     printf 'raspberrypi,5-compute-module\0brcm,bcm2712\0' >"$tree/compatible"
   fi
+  # Raspberry Pi OS's firmware tools, as stand-ins (no VideoCore or EEPROM here): a cool Pi 5 with
+  # power to spare and a current bootloader, so the role's eeprom and health-log paths run.
+  printf '%s\n' '#!/bin/sh' '# Stand-in of the simulated Pi (scripts/build-sim-images.sh).' 'case "$1" in' \
+    '  get_throttled) echo throttled=0x0 ;;' "  measure_temp) echo \"temp=48.3'C\" ;;" \
+    '  *) echo "error=1 error_msg=\"Command not registered\""; exit 255 ;;' 'esac' >"$rootfs/usr/bin/vcgencmd"
+  printf '%s\n' '#!/bin/sh' '# Stand-in of the simulated Pi (scripts/build-sim-images.sh): always current.' \
+    'echo "BOOTLOADER: up to date"' 'echo "   CURRENT: Mon  9 Sep 14:19:26 UTC 2024 (1725891566)"' \
+    'echo "    LATEST: Mon  9 Sep 14:19:26 UTC 2024 (1725891566)"' >"$rootfs/usr/bin/rpi-eeprom-update"
+  chmod 0755 "$rootfs/usr/bin/vcgencmd" "$rootfs/usr/bin/rpi-eeprom-update"
   # An archive with the Raspberry Pi archive's Release fields (Origin and Label are what
   # unattended-upgrades matches) and one package entry that nothing installs (apt keeps no list of an
   # empty archive); a real Pi has http://archive.raspberrypi.com/debian/.

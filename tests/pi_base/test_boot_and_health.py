@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.runner import ROOT, failures, make_inventory, messages, run_playbook
+from tests.runner import ROOT, failures, make_inventory, messages, results, run_playbook
 
 APPLY = ROOT / "tests" / "pi_base" / "apply_tasks.yml"
 CMDLINE = "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait\n"
@@ -171,3 +172,119 @@ def test_health_is_skipped_cleanly_where_the_tools_are_absent(tmp_path: Path) ->
     assert report["returncode"] == 0, failures(report)
     [health] = [json.loads(m) for m in messages(report) if "Pi health" in m]
     assert health == ["Pi health: temperature unknown (no thermal zone); throttling unknown (no vcgencmd)"]
+
+
+CLOUD_HOSTS_TEMPLATE = """## template:jinja
+{#
+This file (/etc/cloud/templates/hosts.debian.tmpl) is only utilized
+if enabled in cloud-config.
+-#}
+# Your system has configured 'manage_etc_hosts' as True.
+# As a result, if you wish for changes to this file to persist
+# then you will need to either
+# a.) make changes to the master file in /etc/cloud/templates/hosts.debian.tmpl
+# b.) change or remove the value of 'manage_etc_hosts' in
+#     /etc/cloud/cloud.cfg or cloud-config from user-data
+#
+{# The value '{{hostname}}' will be replaced with the local-hostname -#}
+127.0.1.1 {{fqdn}} {{hostname}}
+127.0.0.1 localhost
+"""
+
+
+def cloud_init_boot(template: Path, hosts: Path, imager_name: str = "raspberrypi") -> None:
+    """What cloud-init's update_etc_hosts does at every boot with manage_etc_hosts: true (Raspberry Pi Imager's user-data)."""
+    lines = [line for line in template.read_text().splitlines(keepends=True)
+             if not line.startswith(("## template", "{#", "-#}", "This file", "if enabled"))]
+    hosts.write_text("".join(lines).replace("{{fqdn}}", imager_name).replace("{{hostname}}", imager_name))
+
+
+def test_the_host_name_survives_cloud_inits_rewrite_of_etc_hosts(tmp_path: Path) -> None:
+    """With cloud-init managing /etc/hosts, the role's 127.0.1.1 line goes into its template too: after a reboot
+    /etc/hosts still resolves the role's name, and the next run changes nothing."""
+    template, hosts = tmp_path / "hosts.debian.tmpl", tmp_path / "hosts"
+    template.write_text(CLOUD_HOSTS_TEMPLATE)
+    cloud_init_boot(template, hosts)
+    settings = {"pi_base_hostname": "pi5", "pi_base_hosts_file": str(hosts), "pi_base_cloud_hosts_template": str(template)}
+    first = apply(tmp_path, ["detect.yml", "hosts.yml"], settings)
+    assert first["returncode"] == 0, failures(first)
+    assert "127.0.1.1\tpi5\n" in hosts.read_text() and "127.0.1.1\tpi5\n" in template.read_text()
+    cloud_init_boot(template, hosts)  # the reboot
+    assert "127.0.1.1\tpi5\n" in hosts.read_text() and "raspberrypi" not in hosts.read_text()
+    second = apply(tmp_path, ["detect.yml", "hosts.yml"], settings)
+    assert second["returncode"] == 0 and second["stats"]["preflight-target"]["changed"] == 0, failures(second)
+
+
+def test_without_cloud_init_only_etc_hosts_is_edited(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n")
+    report = apply(tmp_path, ["detect.yml", "hosts.yml"], {
+        "pi_base_hostname": "pi5", "pi_base_hosts_file": str(hosts), "pi_base_cloud_hosts_template": str(tmp_path / "none")})
+    assert report["returncode"] == 0, failures(report)
+    assert hosts.read_text() == "127.0.0.1\tlocalhost\n127.0.1.1\tpi5\n"
+    assert not (tmp_path / "none").exists()
+
+
+def fake_tools(tmp: Path, **scripts: str) -> dict[str, str]:
+    """Commands of a Pi (vcgencmd, journalctl...) as stand-in scripts first on PATH."""
+    fake_bin = tmp / "bin"
+    fake_bin.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (fake_bin / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake_bin / name).chmod(0o755)
+    return {"PATH": f"{fake_bin}:{os.environ['PATH']}"}
+
+
+def test_health_reads_back_what_the_timer_logged_over_the_day(tmp_path: Path) -> None:
+    """A throttled hour this morning explains a stalled stream then, though the Pi is cool now."""
+    logged = "temp_c=51.0 throttled=0x0\ntemp_c=83.4 throttled=0x80008\ntemp_c=62.2 throttled=0x80000\n"
+    env = fake_tools(tmp_path, vcgencmd="echo throttled=0x0", journalctl=f"printf '{logged}'")
+    (tmp_path / "temp").write_text("52312\n")
+    report = apply(tmp_path, "health.yml", {"pi_base_thermal_zone": str(tmp_path / "temp")}, env=env)
+    assert report["returncode"] == 0, failures(report)
+    [health] = [json.loads(m) for m in messages(report) if "Pi health" in m]
+    assert health[1] == ("Last 24 h (pi5-health journal): 3 readings, highest 83.4 °C, "
+                         "throttled=0x80008, 0x80000")
+
+
+def test_the_health_logger_logs_one_line_where_the_tools_are(tmp_path: Path) -> None:
+    env = fake_tools(tmp_path, vcgencmd='case "$1" in get_throttled) echo throttled=0x50005;; measure_temp) echo "temp=61.2\'C";; esac')
+    logger = ROOT / "roles" / "pi_base" / "files" / "pi5-health-log"
+    line = subprocess.run(["sh", str(logger)], env=env, capture_output=True, text=True, check=True).stdout
+    assert line == "temp_c=61.2 throttled=0x50005\n"
+    bare = subprocess.run(["sh", str(logger)], env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True).stdout
+    assert bare.endswith("throttled=unknown\n")
+
+
+def hardware(tmp: Path, **present: bool) -> dict[str, Any]:
+    """hardware.yml against stand-in tools and devices under tmp: each file exists only when named present."""
+    paths = {"pi_base_vcgencmd": tmp / "vcgencmd", "pi_base_eeprom_update_command": tmp / "rpi-eeprom-update",
+             "pi_base_watchdog_device": tmp / "watchdog", "pi_base_thermal_zone": tmp / "temp"}
+    for name, path in paths.items():
+        if present.get(name.removeprefix("pi_base_")):
+            # rpi-eeprom-update: exit 1 when an update is available; -a stages it.
+            path.write_text("#!/bin/sh\n[ \"$1\" = -a ] && exit 0\necho 'BOOTLOADER: update available'\nexit 1\n"
+                            if "eeprom" in name else "")
+            path.chmod(0o755)
+    settings: dict[str, Any] = {name: str(path) for name, path in paths.items()}
+    # No health-log timer: its units would go into this machine's systemd (molecule proves that part).
+    settings |= {"pi_base_watchdog_conf_path": str(tmp / "50-pi5-watchdog.conf"), "pi_base_reboot": False,
+                 "pi_base_health_log_interval_min": 0}
+    return apply(tmp, ["detect.yml", "hardware.yml"], settings)
+
+
+def test_each_pi_5_extra_is_skipped_cleanly_where_its_hardware_is_absent(tmp_path: Path) -> None:
+    report = hardware(tmp_path)
+    assert report["returncode"] == 0, failures(report)
+    assert report["stats"]["preflight-target"]["changed"] == 0
+    assert not (tmp_path / "50-pi5-watchdog.conf").exists()
+
+
+def test_the_watchdog_is_fed_and_an_eeprom_update_is_staged_where_present(tmp_path: Path) -> None:
+    report = hardware(tmp_path, watchdog_device=True, eeprom_update_command=True)
+    assert report["returncode"] == 0, failures(report)
+    assert (tmp_path / "50-pi5-watchdog.conf").read_text().endswith("[Manager]\nRuntimeWatchdogSec=15\n")
+    staged = [task for task, result in results(report) if "Stage the bootloader update" in task["task"]["name"]
+              and not result.get("skipped")]
+    assert staged, "an available bootloader update was not staged"
+    assert any("reboot the Pi yourself" in m for m in messages(report))
