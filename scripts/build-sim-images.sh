@@ -35,6 +35,115 @@ bootstrap() {  # suite rootfs packages [arch]
   touch -d @0 "$2/var/lib/apt/lists"
 }
 
+# What Raspberry Pi OS Lite has beyond Debian, as far as files go (README, "differs from a real Pi"):
+# the boot partition as Raspberry Pi Imager leaves it, a device tree for a Pi 5 (bookworm) and a
+# Compute Module 5 (trixie) where pi_base_device_tree_dir points (sysfs cannot be faked in a
+# container), and the Raspberry Pi archive's source entry with its origin, served from a local
+# empty archive because archive.raspberrypi.com is out of reach here.
+raspberry_pi_os() {  # suite rootfs
+  local suite=$1 rootfs=$2 arch tree=$2/usr/lib/pi5-sim/device-tree archive=/usr/lib/pi5-sim/raspberrypi-archive
+  arch=$(dpkg --print-architecture)
+  mkdir -p "$rootfs/boot/firmware" "$tree"
+  cat >"$rootfs/boot/firmware/config.txt" <<'CONFIG'
+# For more options and information see
+# http://rptl.io/configtxt
+# Some settings may impact device functionality. See link above for details
+
+# Uncomment some or all of these to enable the optional hardware interfaces
+#dtparam=i2c_arm=on
+#dtparam=i2s=on
+#dtparam=spi=on
+
+# Enable audio (loads snd_bcm2835)
+dtparam=audio=on
+
+# Additional overlays and parameters are documented
+# /boot/firmware/overlays/README
+
+# Automatically load overlays for detected cameras
+camera_auto_detect=1
+
+# Automatically load overlays for detected DSI displays
+display_auto_detect=1
+
+# Automatically load initramfs files, if found
+auto_initramfs=1
+
+# Enable DRM VC4 V3D driver
+dtoverlay=vc4-kms-v3d
+max_framebuffers=2
+
+# Don't have the firmware create an initial video= setting in cmdline.txt.
+# Use the kernel's default instead.
+disable_fw_kms_setup=1
+
+# Run in 64-bit mode
+arm_64bit=1
+
+# Disable compensation for displays with overscan
+disable_overscan=1
+
+# Run as fast as firmware / board allows
+arm_boost=1
+
+[cm4]
+# Enable host mode on the 2711 built-in XHCI USB controller.
+# This line should be removed if the legacy DWC2 controller is required
+# (e.g. for USB device mode) or if USB support is not required.
+otg_mode=1
+
+[cm5]
+dtoverlay=dwc2,dr_mode=host
+
+[all]
+CONFIG
+  echo "console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait cfg80211.ieee80211_regdom=GB" \
+    >"$rootfs/boot/firmware/cmdline.txt"
+  if [[ $suite == bookworm ]]; then
+    printf 'Raspberry Pi 5 Model B Rev 1.0\0' >"$tree/model"
+    printf 'raspberrypi,5-model-b\0brcm,bcm2712\0' >"$tree/compatible"
+  else
+    printf 'Raspberry Pi Compute Module 5 Rev 1.0\0' >"$tree/model"
+    printf 'raspberrypi,5-compute-module\0brcm,bcm2712\0' >"$tree/compatible"
+  fi
+  # Raspberry Pi OS's firmware tools, as stand-ins (no VideoCore or EEPROM here): a cool Pi 5 with
+  # power to spare and a current bootloader, so the role's eeprom and health-log paths run.
+  printf '%s\n' '#!/bin/sh' '# Stand-in of the simulated Pi (scripts/build-sim-images.sh).' 'case "$1" in' \
+    '  get_throttled) echo throttled=0x0 ;;' "  measure_temp) echo \"temp=48.3'C\" ;;" \
+    '  *) echo "error=1 error_msg=\"Command not registered\""; exit 255 ;;' 'esac' >"$rootfs/usr/bin/vcgencmd"
+  printf '%s\n' '#!/bin/sh' '# Stand-in of the simulated Pi (scripts/build-sim-images.sh): always current.' \
+    'echo "BOOTLOADER: up to date"' 'echo "   CURRENT: Mon  9 Sep 14:19:26 UTC 2024 (1725891566)"' \
+    'echo "    LATEST: Mon  9 Sep 14:19:26 UTC 2024 (1725891566)"' >"$rootfs/usr/bin/rpi-eeprom-update"
+  chmod 0755 "$rootfs/usr/bin/vcgencmd" "$rootfs/usr/bin/rpi-eeprom-update"
+  # An archive with the Raspberry Pi archive's Release fields (Origin and Label are what
+  # unattended-upgrades matches) and one package entry that nothing installs (apt keeps no list of an
+  # empty archive); a real Pi has http://archive.raspberrypi.com/debian/.
+  local packages="$rootfs$archive/dists/$suite/main/binary-$arch/Packages"
+  mkdir -p "${packages%/*}"
+  printf '%s\n' 'Package: pi5-sim-archive-marker' 'Version: 1' 'Architecture: all' \
+    'Maintainer: pi5-streaming <nobody@invalid>' 'Filename: pool/main/p/pi5-sim-archive-marker_1_all.deb' \
+    'Size: 0' 'SHA256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' \
+    'Description: marks the simulated Pi'"'"'s stand-in of the Raspberry Pi archive (not installable)' '' >"$packages"
+  cat >"$rootfs$archive/dists/$suite/Release" <<RELEASE
+Origin: Raspberry Pi Foundation
+Label: Raspberry Pi Foundation
+Suite: $suite
+Codename: $suite
+Date: Sat, 01 Nov 2025 00:00:00 UTC
+Architectures: $arch
+Components: main
+Description: Raspberry Pi $suite repository (stand-in of the simulated Pi)
+SHA256:
+ $(sha256sum "$packages" | cut -d ' ' -f 1) $(stat -c %s "$packages") main/binary-$arch/Packages
+RELEASE
+  if [[ $suite == bookworm ]]; then
+    echo "deb [trusted=yes] file:$archive $suite main" >"$rootfs/etc/apt/sources.list.d/raspi.list"
+  else
+    printf 'Types: deb\nURIs: file:%s\nSuites: %s\nComponents: main\nTrusted: yes\n' "$archive" "$suite" \
+      >"$rootfs/etc/apt/sources.list.d/raspi.sources"
+  fi
+}
+
 build_pi() {  # suite
   local suite=$1 tag="${PI5_SIM_IMAGE:-pi5-sim}:$1" inputs="$self_hash-$1" rootfs="$workdir/$1"
   if image_is_current "$tag" "$inputs"; then echo "$tag is current"; return; fi
@@ -52,6 +161,7 @@ build_pi() {  # suite
   mkdir -p "$rootfs/etc/systemd/system/docker.service.d"
   printf '[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n' \
     >"$rootfs/etc/systemd/system/docker.service.d/pi5-sim.conf"
+  raspberry_pi_os "$1" "$rootfs"
   tar -C "$rootfs" -c . | docker import \
     -c 'ENV container=docker' \
     -c 'CMD ["/lib/systemd/systemd"]' \
@@ -71,7 +181,7 @@ save_python_archive() {  # tag archive; the Pi's engine cannot pull: the backend
 }
 
 build_python() {  # [arch]: this machine's when empty
-  local arch=${1:-} tag="pi5-sim-python:3.11${1:+-$1}" inputs="$self_hash-python${1:+-$1}" rootfs="$workdir/python${1:+-$1}"
+  local arch=${1:-} tag="pi5-sim-python:3.11${1:+-$1}" inputs="$python_hash-python${1:+-$1}" rootfs="$workdir/python${1:+-$1}"
   local archive="pi5-sim-python-3.11${1:+-$1}.tar"
   if image_is_current "$tag" "$inputs"; then echo "$tag is current"; save_python_archive "$tag" "$archive"; return; fi
   echo "building $tag from Debian bookworm"
@@ -92,6 +202,9 @@ build_python() {  # [arch]: this machine's when empty
   save_python_archive "$tag" "$archive"
 }
 
+# The python stand-in's inputs are its own functions, so a change to the Pi images leaves it (and the
+# tag other checkouts share) alone.
+python_hash=$({ declare -f bootstrap build_python save_python_archive; echo "$python_packages"; } | sha256sum | cut -c1-16)
 targets=("$@")
 ((${#targets[@]})) || targets=(bookworm trixie python)
 pids=()

@@ -75,8 +75,8 @@ class Pi:
         for path in sorted((self.tmp / "pi").rglob("*"), reverse=True):
             path.rmdir() if path.is_dir() else path.unlink()
 
-    def run(self, playbook: Path, **extra: Any) -> dict[str, Any]:
-        return run_playbook(playbook, self.inventory, {**self.settings, **extra})
+    def run(self, playbook: Path, env: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        return run_playbook(playbook, self.inventory, {**self.settings, **extra}, env=env)
 
     def archives(self) -> list[Path]:
         return sorted(self.host_backups.glob("*.tar.gz"))
@@ -139,6 +139,23 @@ def test_restore_brings_back_every_file_with_its_owner_and_mode(backed_up: Pi) -
     assert report["returncode"] == 0, [m for _, m in failures(report)]
     assert backed_up.state() == before
     assert any("restored 2 data file(s)" in m and "verified against the manifest" in m for m in messages(report))
+
+
+def test_a_controller_without_sha256sum_backs_up_and_restores(pi: Pi) -> None:
+    """macOS has no sha256sum: the controller's checksums are Ansible's own (here sha256sum fails as if absent)."""
+    fake_bin = pi.tmp / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sha256sum").write_text("#!/bin/sh\necho 'sha256sum: command not found' >&2\nexit 127\n")
+    (fake_bin / "sha256sum").chmod(0o755)
+    env = {"PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    pi.write_data()
+    backup = pi.run(BACKUP, env=env)
+    assert backup["returncode"] == 0, [m for _, m in failures(backup)] or backup["stderr"][-2000:]
+    before = pi.state()
+    pi.wipe()
+    restore = pi.run(RESTORE, env=env)
+    assert restore["returncode"] == 0, [m for _, m in failures(restore)]
+    assert pi.state() == before
 
 
 def test_restore_picks_the_newest_backup(backed_up: Pi) -> None:

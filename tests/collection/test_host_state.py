@@ -98,14 +98,18 @@ def test_users_carry_their_groups() -> None:
 
 def test_the_module_reads_this_machine_in_one_call(tmp_path: Path) -> None:
     (tmp_path / "model").write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\0")
+    (tmp_path / "compatible").write_bytes(b"raspberrypi,5-model-b\0brcm,bcm2712\0")
     result = run_module("pi5.streaming.host_state", {
         "packages": ["dpkg", "no-such-package"], "paths": [str(tmp_path)], "users": ["root"],
-        "read": [str(tmp_path / "model"), str(tmp_path / "nothing")], "system": True,
+        "read": [str(tmp_path / "model"), str(tmp_path / "compatible"), str(tmp_path / "nothing")], "system": True,
     }, "--check")
     assert not result.get("failed"), result
     assert result["changed"] is False
     assert "dpkg" in result["packages"] and result["packages_missing"] == ["no-such-package"]
     assert result["paths"][str(tmp_path)]["type"] == "directory"
-    assert result["read"] == {str(tmp_path / "model"): "Raspberry Pi 5 Model B Rev 1.0", str(tmp_path / "nothing"): None}
+    # A device-tree string list: each NUL ends a line.
+    assert result["read"] == {str(tmp_path / "model"): "Raspberry Pi 5 Model B Rev 1.0\n",
+                              str(tmp_path / "compatible"): "raspberrypi,5-model-b\nbrcm,bcm2712\n",
+                              str(tmp_path / "nothing"): None}
     assert result["system"]["page_size"] == os.sysconf("SC_PAGE_SIZE")
     assert result["system"]["throttled"] is None  # no vcgencmd off a Pi

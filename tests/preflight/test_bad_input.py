@@ -109,6 +109,9 @@ CASES: dict[str, tuple[str, Case]] = {
     "firewall port out of range": ("pi_base_firewall_allowed_tcp_ports", settings(pi_base_firewall_allowed_tcp_ports=[22, 80, 443, 70000])),
     "host name with an underscore": ("pi_base_hostname", settings(pi_base_hostname="pi_5")),
     "config.txt line without =": ("pi_base_config_txt", settings(pi_base_config_txt=["dtparam pciex1"])),
+    "32-bit Raspberry Pi OS on the Pi 5's 64-bit kernel": ("64-bit userland", settings(pi_base_userspace_bits="32")),
+    "an upgrade origin that ends the apt.conf string": (
+        "pi_base_unattended_upgrades_origins", settings(pi_base_unattended_upgrades_origins=['origin=Evil";};APT::x "1'])),
     "two kernel flags in one": ("pi_base_cmdline_flags", settings(pi_base_cmdline_flags=["cgroup_enable=memory quiet"])),
     # The rules between roles (the preflight role's own).
     "read timeout below heartbeat": ("nginx_stream_read_timeout_s", settings(nginx_stream_read_timeout_s=30)),
@@ -117,6 +120,11 @@ CASES: dict[str, tuple[str, Case]] = {
     "Docker data root off the data disk": (
         "docker_daemon_options",
         settings(pi_base_data_disk_source="UUID=0000", docker_daemon_options={"data-root": "/var/lib/docker2"})),
+    "image layers on the card while data-root is on the disk": (
+        "docker_containerd_image_store",
+        settings(pi_base_data_disk_source="UUID=0000", docker_daemon_options={"data-root": "/mnt/data/docker"},
+                 docker_containerd_image_store=True)),
+    "containerd image store not a bool": ("docker_containerd_image_store", settings(docker_containerd_image_store="maybe")),
     # Secrets.
     "vault value without the vault password": ("vault_backend_auth_token", lambda t: ({}, encrypted_value(t, "vault_backend_auth_token"))),
 }
@@ -188,6 +196,8 @@ def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:
     """The control case for the base rules: a real public key file, a real time zone, the firewall open for SSH."""
     good = {"pi_base_deploy_user_ssh_key_files": [str(public_key(tmp_path))], "pi_base_timezone": "Europe/Berlin",
             "pi_base_config_txt": ["dtparam=pciex1_gen=3", "[pi5]", "dtparam=fan_temp0=45000"],
-            "pi_base_login_connection": "ssh", "ansible_user": "pi", "pi_base_hostname": "pi5"}
+            "pi_base_login_connection": "ssh", "ansible_user": "pi", "pi_base_hostname": "pi5",
+            # Docker's data root on the data disk, with the classic store that keeps image layers there too.
+            "pi_base_data_disk_source": "UUID=0000", "docker_daemon_options": {"data-root": "/mnt/data/docker"}}
     report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
     assert report["returncode"] == 0, failures(report)

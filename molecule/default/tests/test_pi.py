@@ -50,7 +50,46 @@ def playbook(host: Any, *args: str, roles: Path | None = None, report: bool = Fa
     )
 
 
+def wait_until_healthy(host: Any, timeout_s: int = 120) -> str:
+    """The backend container's health once it leaves `starting` (or what it still is after timeout_s)."""
+    with host.sudo():
+        return host.check_output(  # type: ignore[no-any-return]
+            f"for i in $(seq {timeout_s}); do s=$(docker inspect -f '{{{{.State.Health.Status}}}}' backend 2>/dev/null);"
+            " case $s in healthy|unhealthy) break;; esac; sleep 1; done; echo $s")
+
+
 # --- Base system (pi_base) --------------------------------------------------
+
+def test_the_pi_5_boot_paths_were_taken(host: Any) -> None:
+    """The simulated Pi is detected as a Pi 5 (bookworm) or Compute Module 5 (trixie): its cmdline.txt got the memory
+    cgroup flag, still one line, and config.txt is Raspberry Pi OS's own."""
+    cmdline = host.file("/boot/firmware/cmdline.txt").content_string
+    assert cmdline.count("\n") == 1 and cmdline.split()[-1] == "cgroup_enable=memory", cmdline
+    assert "cgroup_memory=1" not in cmdline
+    assert host.file("/boot/firmware/config.txt").content_string.startswith("# For more options and information see")
+
+
+
+def test_power_and_heat_are_logged_to_the_journal_over_time(host: Any) -> None:
+    """The Pi 5 extras where the tools are (the simulated Pi has Raspberry Pi OS's vcgencmd as a stand-in): a timer logs
+    temperature and throttling, and the health report reads it back; no watchdog or Wi-Fi here, so none configured."""
+    assert host.service("pi5-health-log.timer").is_enabled
+    assert host.service("pi5-health-log.timer").is_running
+    with host.sudo():
+        host.check_output("systemctl start pi5-health-log.service")
+        logged = host.check_output("journalctl --identifier pi5-health --output cat --quiet --no-pager")
+    assert "temp_c=48.3 throttled=0x0" in logged
+    assert not host.file("/etc/systemd/system.conf.d/50-pi5-watchdog.conf").exists
+    assert not host.file("/etc/NetworkManager/conf.d/50-pi5-wifi-powersave.conf").exists
+
+
+def test_the_locale_is_set_through_trixies_link(host: Any) -> None:
+    """trixie links /etc/default/locale to ../locale.conf (systemd reads one, PAM the other): the link must stay."""
+    locale = host.file("/etc/default/locale")
+    if host.system_info.codename == "trixie":
+        assert locale.is_symlink and locale.linked_to == "/etc/locale.conf"
+    assert "LANG=en_GB.UTF-8" in locale.content_string
+
 
 def test_sshd_takes_keys_only_and_refuses_root(host: Any) -> None:
     effective = host.run("sshd -T -C user=pi,host=pi5,addr=127.0.0.1")
@@ -94,7 +133,37 @@ def test_container_logs_are_rotated(host: Any) -> None:
 
 
 def test_deploy_user_may_use_docker(host: Any) -> None:
+    """By default (docker_users): the runbook's `ssh pi@pi5.local 'docker stop backend'` is allowed."""
     assert "docker" in host.user("pi").groups
+    assert host.run("su - pi -c 'docker inspect -f {{.State.Status}} backend'").stdout.strip() == "running"
+
+
+def test_images_live_where_the_image_store_puts_them(host: Any) -> None:
+    """The store is pinned in daemon.json (Docker 29 would pick containerd's on a new install); the classic store
+    keeps the backend's layers under data-root, containerd's under /var/lib/containerd."""
+    containerd = "containerd_image_store" in host.ansible.get_variables()["group_names"]
+    daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
+    assert daemon["features"]["containerd-snapshotter"] is containerd
+    with host.sudo():
+        info = json.loads(host.check_output("docker info --format '{{json .}}'"))
+        layers = host.check_output("docker image inspect -f '{{json .GraphDriver}}' pi5-streaming-backend:local")
+    assert info["DockerRootDir"] == "/var/lib/docker"
+    driver_status = dict(info.get("DriverStatus") or [])
+    if containerd:
+        assert driver_status.get("driver-type") == "io.containerd.snapshotter.v1", info["Driver"]
+        assert host.file("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots").is_directory
+    else:
+        assert info["Driver"] == "overlay2"
+        assert "/var/lib/docker/overlay2/" in layers
+
+
+def test_unattended_upgrades_take_the_raspberry_pi_archive_and_dockers(host: Any) -> None:
+    """The Pi's own archive (kernel, firmware, rpi-eeprom) is among the allowed origins, and it is a real origin here."""
+    patterns = host.check_output("apt-config dump Unattended-Upgrade::Origins-Pattern")
+    assert "origin=Raspberry Pi Foundation,codename=${distro_codename},label=Raspberry Pi Foundation" in patterns
+    assert "origin=Docker,label=Docker CE" in patterns
+    codename = host.system_info.codename
+    assert f"o=Raspberry Pi Foundation,a={codename},n={codename},l=Raspberry Pi Foundation" in host.check_output("apt-cache policy")
 
 
 # --- Backend ----------------------------------------------------------------
@@ -106,6 +175,11 @@ def test_backend_container_is_hardened_and_restarts(backend_inspect: dict[str, A
     assert config["User"] not in ("", "0", "root", "0:0")
     assert hostcfg["ReadonlyRootfs"] is True
     assert hostcfg["Memory"] > 0
+
+
+def test_backend_container_reports_healthy(host: Any) -> None:
+    """Its Docker healthcheck runs `docker exec` as uid 10001: it passes, as on a real Pi (root may enter it)."""
+    assert wait_until_healthy(host) == "healthy"
 
 
 def test_backend_is_published_on_loopback_7776_only(backend_inspect: dict[str, Any]) -> None:
@@ -317,3 +391,29 @@ def test_check_mode_shows_the_change_and_changes_nothing(host: Any) -> None:
     assert "+        proxy_read_timeout 1800s;" in run.stdout
     assert host.file(live).sha256sum == before
     assert "proxy_read_timeout 3600s;" in host.file(live).content_string
+
+
+# --- The Pi reboots ---------------------------------------------------------
+
+def test_after_a_reboot_the_backend_is_healthy_and_a_run_changes_nothing(host: Any) -> None:
+    """Power cut or `sudo reboot`: systemd brings Docker and the backend back by themselves, and site.yml then finds
+    nothing to change (the simulated Pi's container ends with its systemd and Docker starts it again)."""
+    name = host.backend.host
+    before = host.check_output("cut -d ' ' -f 22 /proc/1/stat")
+    with host.sudo():
+        container = host.check_output("docker inspect -f '{{.Id}}' backend")
+    with host.sudo():
+        host.run("systemctl reboot")
+    # Until PID 1 is a new one and systemd has finished booting.
+    subprocess.run(["sh", "-c", f"for i in $(seq 180); do s=$(docker exec {name} cut -d ' ' -f 22 /proc/1/stat 2>/dev/null);"
+                    f" [ -n \"$s\" ] && [ \"$s\" != {before} ] && docker exec {name} systemctl is-system-running --wait"
+                    " 2>/dev/null | grep -qE '^(running|degraded)$' && break; sleep 1; done"], check=False, timeout=400)
+    assert host.check_output("cut -d ' ' -f 22 /proc/1/stat") != before, "the simulated Pi did not reboot"
+    assert wait_until_healthy(host) == "healthy"
+    run = playbook(host, report=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stats = json.loads(run.stdout)["stats"][name]
+    assert stats["changed"] == 0 and stats["failures"] == 0, stats
+    with host.sudo():
+        assert host.check_output("docker inspect -f '{{.Id}}' backend") == container, "the backend was recreated"
+    assert stream_check(host).get("verdict") == "incremental"

@@ -34,7 +34,7 @@ options:
     elements: str
     default: []
   read:
-    description: Small text files to return whole (at most 64 KiB each; device-tree strings lose their NUL bytes).
+    description: Small text files to return whole (at most 64 KiB each; each NUL of a device-tree string list ends a line).
     type: list
     elements: path
     default: []
@@ -193,7 +193,7 @@ def user_state(name: str) -> dict[str, Any]:
 def read_text(path: str) -> str | None:
     try:
         with open(path, "rb") as handle:
-            return handle.read(READ_LIMIT).replace(b"\0", b"").decode("utf-8", errors="replace")
+            return handle.read(READ_LIMIT).replace(b"\0", b"\n").decode("utf-8", errors="replace")
     except OSError:
         return None
 
