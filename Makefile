@@ -97,8 +97,8 @@ demo: deps venv images  ## Provision a simulated Pi (container pi5-sim) and show
 	bin/stream-check --cacert .cache/$(DEMO_PI)-cert.pem --http2 'https://localhost:$(PI5_DEMO_HTTPS_PORT)/api/probe/stream?tokens=20&interval_ms=50'
 	@echo
 	@echo "The simulated Pi runs as the container $(DEMO_PI) (docker exec -it $(DEMO_PI) bash)."
-	@echo "Stream a reply through its nginx from this machine:"
-	@echo "  curl -N --cacert .cache/$(DEMO_PI)-cert.pem -X POST https://localhost:$(PI5_DEMO_HTTPS_PORT)/api/chat/message -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
+	@echo "Stream a reply through its nginx from this machine (the chat's token is in .cache/sim-auth-token):"
+	@echo "  curl -N --cacert .cache/$(DEMO_PI)-cert.pem -X POST https://localhost:$(PI5_DEMO_HTTPS_PORT)/api/chat/message -H \"Authorization: Bearer \$$(cat .cache/sim-auth-token)\" -H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
 	@echo "Remove it with: make demo-clean"
 
 demo-clean:  ## Remove the simulated Pi of `make demo` (and its Docker volume)

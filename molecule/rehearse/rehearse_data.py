@@ -21,6 +21,8 @@ from typing import Any
 BACKEND = "http://127.0.0.1:7776"
 DATA_DIR = "/var/lib/pi5-backend"
 # Config the repository cannot recreate as it was: the same TLS key must come back.
+# The simulated Pis' chat token (molecule/resources/group_vars/pi5.yml makes it once in .cache/).
+TOKEN_FILE = Path(__file__).resolve().parents[2] / ".cache" / "sim-auth-token"
 CONFIG = ["/etc/nginx/pi5-tls/key.pem", "/etc/nginx/pi5-tls/cert.pem", "/etc/docker/daemon.json"]
 MESSAGES = ["hello from the rehearsal", "what does an SD card die of?", "tell me about nginx buffering"]
 
@@ -32,11 +34,15 @@ def on_pi(instance: str, *argv: str) -> str:
     return run.stdout
 
 
+def auth_header() -> str:
+    return f"Authorization: Bearer {TOKEN_FILE.read_text().split()[0]}"
+
+
 def send(instance: str, message: str, thread_id: str | None = None) -> str:
     """POST one chat message, read the whole SSE reply, return the thread id it was stored under."""
     body = json.dumps({"message": message, **({"threadId": thread_id} if thread_id else {})})
     out = on_pi(instance, "curl", "-fsS", "-N", "--max-time", "30", "-X", "POST", f"{BACKEND}/api/chat/message",
-                "-H", "Content-Type: application/json", "-d", body)
+                "-H", "Content-Type: application/json", "-H", auth_header(), "-d", body)
     events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
     if not events or events[-1]["type"] != "done" or any(e["type"] == "error" for e in events):
         raise SystemExit(f"the reply to {message!r} did not stream to its end: {out[-500:]}")
@@ -53,7 +59,8 @@ def make_threads(instance: str, state: Path) -> None:
 
 def snapshot(instance: str, state: Path) -> dict[str, Any]:
     ids = json.loads(state.read_text())
-    threads = {i: json.loads(on_pi(instance, "curl", "-fsS", f"{BACKEND}/api/chat/threads/{i}")) for i in ids}
+    threads = {i: json.loads(on_pi(instance, "curl", "-fsS", "-H", auth_header(), f"{BACKEND}/api/chat/threads/{i}"))
+               for i in ids}
     sums = on_pi(instance, "sh", "-c", f"cd {DATA_DIR} && find . -type f -exec sha256sum {{}} +")
     owners = on_pi(instance, "find", DATA_DIR, "-printf", "%P %U:%G %m\n")
     config = on_pi(instance, "sha256sum", *CONFIG)

@@ -39,6 +39,8 @@ def clean_env(overrides: Mapping[str, str]) -> dict[str, str]:
     """The test process's env minus backend/Anthropic settings, plus overrides."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "ANTHROPIC_"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if "BACKEND_AUTH_TOKEN" not in overrides:
+        env["BACKEND_AUTH"] = "off"  # the tests of auth itself set a token
     env.update(overrides)
     return env
 

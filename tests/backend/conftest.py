@@ -36,9 +36,10 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
 
 @pytest.fixture(scope="session")
 def demo_backend(spawn: Spawner) -> BackendProcess:
-    """Demo provider, 20 ms tokens, 0.2 s heartbeats, no probe rate limit."""
+    """Demo provider, 20 ms tokens, 0.2 s heartbeats, no probe or chat rate limit."""
     return (
         spawn(
+            BACKEND_CHAT_RATE_PER_S="0",
             BACKEND_TOKEN_INTERVAL_MS="20",
             BACKEND_HEARTBEAT_S="0.2",
             BACKEND_SEND_TIMEOUT_S="2",

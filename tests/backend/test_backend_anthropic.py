@@ -106,7 +106,7 @@ def test_stalled_api_times_out_into_an_error_event(good: BackendProcess) -> None
 def test_missing_key_and_unwritable_data_dir_are_not_ready(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    settings = Settings(provider="anthropic", data_dir=blocker / "data")
+    settings = Settings(provider="anthropic", auth_off=True, data_dir=blocker / "data")
     with inprocess_backend(settings) as port:
         assert get_json(port, "/api/health")[0] == 200
         status, _, body = get_json(port, "/api/ready")
@@ -123,7 +123,7 @@ def test_missing_key_and_unwritable_data_dir_are_not_ready(tmp_path: Path) -> No
 
 def test_provider_without_key_explains_itself_in_the_stream(tmp_path: Path) -> None:
     with (
-        inprocess_backend(Settings(provider="anthropic", data_dir=tmp_path)) as port,
+        inprocess_backend(Settings(provider="anthropic", auth_off=True, data_dir=tmp_path)) as port,
         post_json(port, "/api/chat/message", {"message": "hi"}) as conn,
     ):
         message = error_of(events(conn.read_all()))

@@ -47,7 +47,7 @@ class EndlessProvider:
 
 def test_client_disconnect_stops_the_provider(tmp_path: Path) -> None:
     provider = EndlessProvider(interval_s=0.02)
-    settings = Settings(data_dir=tmp_path, heartbeat_s=5)
+    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=5)
     with inprocess_backend(settings, provider) as port:
         conn = post_json(port, "/api/chat/message", {"message": "go", "threadId": "gone"})
         received = []
@@ -77,7 +77,7 @@ def test_client_disconnect_stops_the_provider(tmp_path: Path) -> None:
 
 def test_heartbeat_while_the_model_thinks_and_open_before_it(tmp_path: Path) -> None:
     provider = EndlessProvider(first_delay_s=1.0)
-    settings = Settings(data_dir=tmp_path, heartbeat_s=0.2)
+    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=0.2)
     with (
         inprocess_backend(settings, provider) as port,
         post_json(port, "/api/chat/message", {"message": "think"}) as conn,
@@ -100,7 +100,7 @@ def test_client_that_stops_reading_is_dropped_after_send_timeout(
     """A tiny receive window and a tiny server send buffer fill up at once; the
     server must give up after BACKEND_SEND_TIMEOUT_S and reset the connection."""
     send_timeout = 0.5
-    settings = Settings(data_dir=tmp_path, send_timeout_s=send_timeout, probe_rate_per_s=0)
+    settings = Settings(data_dir=tmp_path, auth_off=True, send_timeout_s=send_timeout, probe_rate_per_s=0)
     with inprocess_backend(settings, sndbuf=4096) as port:
         conn = SSEConnection(
             port,
@@ -119,7 +119,7 @@ def test_client_that_stops_reading_is_dropped_after_send_timeout(
 
 def test_slow_but_reading_client_is_not_dropped(tmp_path: Path) -> None:
     """The send timeout bounds each write, not the stream: ~0.9 s of stream > 0.3 s."""
-    settings = Settings(data_dir=tmp_path, send_timeout_s=0.3, probe_rate_per_s=0)
+    settings = Settings(data_dir=tmp_path, auth_off=True, send_timeout_s=0.3, probe_rate_per_s=0)
     with (
         inprocess_backend(settings, sndbuf=4096) as port,
         SSEConnection(port, "GET", "/api/probe/stream?tokens=12&interval_ms=80&big_kb=64") as conn,
@@ -157,9 +157,10 @@ def test_shutdown_ends_open_streams_with_error_then_done(
     # a container that is a no-op and the exit code is 0)
     assert backend.proc.wait(10) in {0, -signal.SIGTERM}
     assert "Traceback" not in backend.log()
-    stored = json.loads((backend.data_dir / "threads" / "shutdown.json").read_text())
-    assert stored["messages"][-1]["status"] == "interrupted"
-    assert "shutting down" in stored["messages"][-1]["error"]
+    lines = (backend.data_dir / "threads" / "shutdown.jsonl").read_text().splitlines()
+    stored = json.loads(lines[-1])  # one JSON line per message, the reply last
+    assert stored["status"] == "interrupted"
+    assert "shutting down" in stored["error"]
 
 
 def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:

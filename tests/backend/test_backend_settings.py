@@ -14,8 +14,8 @@ from tests.backend.backend_harness import BACKEND_DIR, clean_env
 
 
 def test_defaults() -> None:
-    settings = Settings.from_env({})
-    assert settings == Settings()
+    settings = Settings.from_env({"BACKEND_AUTH_TOKEN": "tok"})
+    assert settings == Settings(auth_token="tok")
     assert (settings.port, settings.host, settings.provider) == (
         7776,
         "0.0.0.0",  # noqa: S104  (the default inside the container)
@@ -26,8 +26,32 @@ def test_defaults() -> None:
     assert settings.forwarded_allow_ips == "127.0.0.1"
     assert settings.probe_rate_per_s == 5.0
     assert settings.data_dir == Path("/data")
-    assert settings.auth_token is None
+    assert (settings.auth_token, settings.auth_off) == ("tok", False)
     assert settings.anthropic_api_key is None
+    assert (settings.max_body_kb, settings.header_timeout_s, settings.max_connections) == (64, 10, 2048)
+    assert (settings.thread_max_kb, settings.store_max_mb) == (1024, 1024)
+    assert (settings.probe_max_streams, settings.probe_max_s) == (32, 60)
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({}, "BACKEND_AUTH_TOKEN: required"),
+        ({"BACKEND_AUTH_TOKEN": ""}, "BACKEND_AUTH_TOKEN: set but blank"),
+        ({"BACKEND_AUTH_TOKEN": "   "}, "BACKEND_AUTH_TOKEN: set but blank"),
+        ({"BACKEND_AUTH_TOKEN": " tok "}, "BACKEND_AUTH_TOKEN: has leading"),
+        ({"BACKEND_AUTH_TOKEN": "tok", "BACKEND_AUTH": "off"}, "BACKEND_AUTH: off, but"),
+        ({"BACKEND_AUTH": "maybe"}, "BACKEND_AUTH: expected one of"),
+    ],
+)
+def test_auth_is_never_off_by_accident(env: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError, match=names):
+        Settings.from_env(env)
+
+
+def test_auth_off_only_by_name() -> None:
+    settings = Settings.from_env({"BACKEND_AUTH": "OFF"})
+    assert (settings.auth_off, settings.auth_token) == (True, None)
 
 
 def test_every_variable_is_read_with_its_type() -> None:
@@ -76,7 +100,7 @@ def test_every_variable_is_read_with_its_type() -> None:
 
 
 def test_blank_values_mean_unset() -> None:
-    settings = Settings.from_env({"BACKEND_PORT": " ", "BACKEND_AUTH_TOKEN": ""})
+    settings = Settings.from_env({"BACKEND_PORT": " ", "BACKEND_AUTH": "off"})
     assert (settings.port, settings.auth_token) == (7776, None)
 
 
@@ -103,6 +127,15 @@ def test_secrets_stay_out_of_repr() -> None:
         ("BACKEND_PROBE_RATE_PER_S", "inf"),
         ("ANTHROPIC_BASE_URL", "ftp://example.invalid"),
         ("BACKEND_LOG_LEVEL", "loud"),
+        ("BACKEND_MAX_BODY_KB", "0"),
+        ("BACKEND_MAX_CONNECTIONS", "0"),
+        ("BACKEND_HEADER_TIMEOUT_S", "0"),
+        ("BACKEND_BODY_TIMEOUT_S", "never"),
+        ("BACKEND_CHAT_RATE_PER_S", "-1"),
+        ("BACKEND_THREAD_MAX_KB", "1"),
+        ("BACKEND_STORE_MAX_MB", "0"),
+        ("BACKEND_PROBE_MAX_STREAMS", "-1"),
+        ("BACKEND_PROBE_MAX_S", "0"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:

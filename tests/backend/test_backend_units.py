@@ -14,9 +14,9 @@ from app.probe import PROBE_TOKENS, ProbeParams, probe_contents
 from app.providers import ProviderError, Turn
 from app.providers.anthropic_api import to_messages
 from app.providers.demo import demo_reply, demo_tokens
-from app.ratelimit import RateLimiter, retry_after_seconds
+from app.ratelimit import RateLimiter, client_key, retry_after_seconds
 from app.sse import encode_event
-from app.storage import StoredMessage, ThreadStore
+from app.storage import StoredMessage, StoreFullError, ThreadStore
 from app.streaming import (
     SHUTDOWN_MESSAGE,
     StreamOptions,
@@ -70,13 +70,50 @@ def test_rate_limiter_bursts_then_refills() -> None:
 
 def test_rate_limiter_zero_disables_and_table_is_bounded() -> None:
     assert all(RateLimiter(0).acquire("x") == 0.0 for _ in range(100))
-    now = [0.0]
-    limiter = RateLimiter(1, max_keys=10, clock=lambda: now[0])
-    for i in range(10):
+    limiter = RateLimiter(1, max_keys=10, clock=lambda: 0.0)
+    for i in range(1000):
         limiter.acquire(f"k{i}")
-    now[0] += 5  # all buckets refilled: idle clients are forgotten first
-    limiter.acquire("new")
-    assert len(limiter._buckets) == 1
+    assert len(limiter) == 10
+
+
+def test_rate_limiter_flood_of_new_keys_does_not_reset_a_busy_client() -> None:
+    """The old table was cleared whole when full: a flood of keys reset everyone's limit."""
+    limiter = RateLimiter(1, burst=1, max_keys=100, clock=lambda: 0.0)
+    assert limiter.acquire("attacker") == 0.0
+    assert limiter.acquire("attacker") > 0  # limited
+    for i in range(99):  # fill the table, the limited key seen again in between
+        limiter.acquire(f"spoof{i}")
+        assert limiter.acquire("attacker") > 0
+    for i in range(1000):  # a flood evicts the least recently seen, not the active key
+        limiter.acquire(f"flood{i}")
+        assert limiter.acquire("attacker") > 0
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        (None, "unknown"),
+        ("testclient", "testclient"),
+    ],
+)
+def test_client_key_collapses_ipv6_to_its_64(host: str | None, key: str) -> None:
+    assert client_key(host) == key
+
+
+def test_one_ipv6_64_shares_one_bucket() -> None:
+    limiter = RateLimiter(1, burst=3, clock=lambda: 0.0)
+    waits = [limiter.acquire(client_key(f"2001:db8:0:1::{i:x}")) for i in range(1, 50)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert all(w > 0 for w in waits[3:])
+
+
+def test_probe_duration_counts_pauses_and_silence() -> None:
+    assert ProbeParams(tokens=500, interval_ms=2000, silence_ms=30_000).duration_ms() == 1_028_000
 
 
 def test_probe_contents_cycle_and_big_token() -> None:
@@ -114,24 +151,67 @@ def test_thread_store_round_trip_and_atomic_files(tmp_path: Path) -> None:
     assert store.not_writable_reason() is None
 
     async def scenario() -> None:
-        assert await store.load("t1") is None
+        assert await store.turns("t1") == []
         await store.append("t1", StoredMessage(role="user", content="héllo", ts=1))
         await asyncio.gather(  # concurrent appends to one thread all land
             *(
-                store.append("t1", StoredMessage(role="assistant", content=str(i), ts=2))
+                store.append("t1", StoredMessage(role="assistant", content=str(i), ts=2 + i))
                 for i in range(10)
             )
         )
-        thread = await store.load("t1")
-        assert thread is not None
-        assert thread.messages[0].content == "héllo"
-        assert sorted(m.content for m in thread.messages[1:]) == [str(i) for i in range(10)]
 
     asyncio.run(scenario())
+    messages = list(store.messages("t1"))
+    assert messages[0].content == "héllo"
+    assert sorted(m.content for m in messages[1:]) == [str(i) for i in range(10)]
     files = sorted(p.name for p in (tmp_path / "threads").iterdir())
-    assert files == ["t1.json"]  # no temporary files left behind
-    on_disk = json.loads((tmp_path / "threads" / "t1.json").read_text())
-    assert set(on_disk) == {"threadId", "createdAt", "updatedAt", "messages"}
+    assert files == ["t1.jsonl"]  # no temporary files left behind
+    lines = (tmp_path / "threads" / "t1.jsonl").read_bytes().splitlines()
+    assert len(lines) == 11  # one line per message: appends never rewrite the thread
+    served = json.loads(b"".join(store.thread_json("t1")))
+    assert set(served) == {"threadId", "createdAt", "updatedAt", "messages"}
+    assert (served["createdAt"], served["updatedAt"], len(served["messages"])) == (1, 11, 11)
+
+
+def test_thread_store_skips_a_torn_line_and_keeps_appending(tmp_path: Path) -> None:
+    store = ThreadStore(tmp_path)
+    asyncio.run(store.append("t", StoredMessage(role="user", content="a", ts=1)))
+    with (tmp_path / "threads" / "t.jsonl").open("ab") as handle:
+        handle.write(b'{"role": "assistant", "cont')  # power cut mid-append
+    asyncio.run(store.append("t", StoredMessage(role="user", content="b", ts=2)))
+    assert [m.content for m in store.messages("t")] == ["a", "b"]
+
+
+def test_thread_store_reads_and_converts_a_legacy_whole_file_thread(tmp_path: Path) -> None:
+    (tmp_path / "threads").mkdir()
+    legacy = {"threadId": "old", "createdAt": 1, "updatedAt": 2, "messages": [
+        {"role": "user", "content": "x", "ts": 1}, {"role": "assistant", "content": "y", "ts": 2}]}
+    (tmp_path / "threads" / "old.json").write_text(json.dumps(legacy))
+    store = ThreadStore(tmp_path)
+    assert [m.content for m in store.messages("old")] == ["x", "y"]
+    asyncio.run(store.append("old", StoredMessage(role="user", content="z", ts=3)))
+    assert [m.content for m in store.messages("old")] == ["x", "y", "z"]
+    assert sorted(p.name for p in (tmp_path / "threads").iterdir()) == ["old.jsonl"]
+
+
+def test_thread_store_caps_a_thread_413_and_the_store_507(tmp_path: Path) -> None:
+    store = ThreadStore(tmp_path, thread_max_bytes=2000, store_max_bytes=5000)
+    big = StoredMessage(role="user", content="x" * 900, ts=1)
+
+    async def fill(thread_id: str, count: int) -> None:
+        for _ in range(count):
+            await store.append(thread_id, big)
+
+    asyncio.run(fill("a", 2))
+    with pytest.raises(StoreFullError) as full_thread:
+        asyncio.run(fill("a", 1))
+    assert full_thread.value.status == 413
+    asyncio.run(store.append("a", big, capped=False))  # the reply to an accepted message
+    asyncio.run(fill("b", 2))
+    with pytest.raises(StoreFullError) as full_store:
+        asyncio.run(fill("c", 1))
+    assert full_store.value.status == 507
+    assert ThreadStore(tmp_path).used_bytes() == store.used_bytes()  # the count matches the disk
 
 
 def test_thread_store_refuses_path_like_ids(tmp_path: Path) -> None:

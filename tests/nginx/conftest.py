@@ -32,10 +32,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tls = make_certificate(workdir)
     # The classic wrong port, unless something happens to listen there on this machine.
     wrong_port = CLASSIC_WRONG_PORT if port_is_closed(CLASSIC_WRONG_PORT) else free_port()
-    sites = catalogue(wrong_port)
+    recorder_port = free_port()  # tests/nginx/test_nginx_limits.py listens there
+    sites = catalogue(wrong_port, recorder_port)
     backend = Backend(
         workdir / "backend",
         BACKEND_PROBE_RATE_PER_S="0",  # every check comes from 127.0.0.1 through nginx
+        BACKEND_AUTH="off",  # these tests are about streaming; tests/backend proves the token
         BACKEND_HEARTBEAT_S="15",  # the default: a probe's silence_ms is really silent
         BACKEND_GRACEFUL_SHUTDOWN_S="1",
     ).start()
@@ -43,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The backend boots while Ansible renders the sites.
         with running(sites, backend.port, workdir, tls, PAGE) as servers:
             backend.wait_ready()
-            yield Stack(backend, servers, tls, wrong_port, workdir)
+            yield Stack(backend, servers, tls, wrong_port, workdir, recorder_port)
     finally:
         backend.stop()
 

@@ -50,8 +50,46 @@ def in_stream_location(*lines: str) -> tuple[str, str]:
     return ("        gzip off;\n", "        gzip off;\n" + "".join(f"        {line}\n" for line in lines))
 
 
-def catalogue(wrong_port: int = CLASSIC_WRONG_PORT) -> list[Site]:
+# A test plays many clients from one machine: nginx takes the client's address from
+# X-Real-IP (the realip module), so each request can come from any IPv4 or IPv6 address.
+AS_ANY_CLIENT = "set_real_ip_from 127.0.0.1;\nreal_ip_header X-Real-IP;\n"
+# The role's limits, shrunk so a test reaches them in a second: 2 requests at once and
+# 1 per second (burst 3) per client, headers and body within 1 s.
+SMALL_LIMITS = {
+    **PLAIN,
+    "nginx_limit_conn_per_client": 2,
+    "nginx_limit_req_per_s": 1,
+    "nginx_limit_req_burst": 3,
+    "nginx_client_header_timeout_s": 1,
+    "nginx_client_body_timeout_s": 1,
+}
+# The settings issue 13 attacked: no per-client limits, the request body streamed to the
+# backend as it arrives, and nginx's own 60 s header and body timeouts.
+OLD_LIMITS = {
+    **PLAIN,
+    "nginx_limit_conn_per_client": 0,
+    "nginx_limit_req_per_s": 0,
+    "nginx_proxy_request_buffering": False,
+    "nginx_client_header_timeout_s": 60,
+    "nginx_client_body_timeout_s": 60,
+}
+
+
+def limit_sites(recorder_port: int) -> list[Site]:
+    """The limits, and the old settings beside them; the *_recorder ones proxy to a socket that records."""
+    recorder = {"backend_port": recorder_port}
     return [
+        Site("limits", "the role's per-client limits and timeouts (shrunk)", overrides=SMALL_LIMITS, http=AS_ANY_CLIENT),
+        Site("limits_old", "no limits, unbuffered request bodies (issue 13's attacks worked)", overrides=OLD_LIMITS,
+             http=AS_ANY_CLIENT),
+        Site("limits_recorder", "the role's limits, upstream a recording socket", overrides={**SMALL_LIMITS, **recorder}),
+        Site("limits_old_recorder", "the old settings, upstream a recording socket", overrides={**OLD_LIMITS, **recorder}),
+    ]
+
+
+def catalogue(wrong_port: int = CLASSIC_WRONG_PORT, recorder_port: int = 0) -> list[Site]:
+    return [
+        *(limit_sites(recorder_port) if recorder_port else []),
         # --- the role as shipped: HTTPS with HTTP/2, plain HTTP redirects ----------------
         Site("shipped", "the role's defaults", page=True),
         Site("shipped_plain", "the role with nginx_tls: false (plain HTTP only)", overrides=PLAIN, page=True),

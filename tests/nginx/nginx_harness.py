@@ -299,7 +299,7 @@ def main_conf(rendered: str, prefix: Path, site_file: Path, http: str) -> str:
         ("pid /run/nginx.pid;", f"pid {prefix / 'nginx.pid'};"),
         ("error_log /var/log/nginx/error.log;", f"error_log {prefix / 'error.log'} info;"),
         ("include /etc/nginx/modules-enabled/*.conf;\n", ""),
-        ("access_log /var/log/nginx/access.log;", f"access_log {prefix / 'access.log'};\n{temps}"),
+        ("access_log /var/log/nginx/access.log pi5_no_query;", f"access_log {prefix / 'access.log'} pi5_no_query;\n{temps}"),
         ("    include /etc/nginx/conf.d/*.conf;\n", extra),
         ("include /etc/nginx/sites-enabled/*;", f"include {site_file};"),
     ]
@@ -398,6 +398,7 @@ class Stack:
     tls: TlsFiles
     wrong_port: int  # the upstream port of wrong_upstream_port (8000 unless in use here)
     workdir: Path
+    recorder_port: int = 0  # the upstream port of the limits_*recorder sites
 
     def nginx(self, name: str) -> Nginx:
         server = self.servers.get(name)

@@ -125,8 +125,21 @@ CASES: dict[str, tuple[str, Case]] = {
         settings(pi_base_data_disk_source="UUID=0000", docker_daemon_options={"data-root": "/mnt/data/docker"},
                  docker_containerd_image_store=True)),
     "containerd image store not a bool": ("docker_containerd_image_store", settings(docker_containerd_image_store="maybe")),
-    # Secrets.
+    "per-client streams above all streams": ("nginx_limit_conn_per_client", settings(nginx_limit_conn_per_client=2000)),
+    "request rate not a number": ("nginx_limit_req_per_s", settings(nginx_limit_req_per_s="fast")),
+    "header timeout zero": ("nginx_client_header_timeout_s", settings(nginx_client_header_timeout_s=0)),
+    "file handles below connections": ("backend_nofile", settings(backend_max_connections=4096, backend_nofile=4096)),
+    "connection limit out of range": ("backend_max_connections", settings(backend_max_connections=0)),
+    "pids limit out of range": ("backend_pids_limit", settings(backend_pids_limit=4)),
+    # Secrets and who may chat.
     "vault value without the vault password": ("vault_backend_auth_token", lambda t: ({}, encrypted_value(t, "vault_backend_auth_token"))),
+    "no auth token": ("backend_auth_token", lambda _: ({}, 'vault_backend_auth_token: ""\n')),
+    "auth token of spaces": ("backend_auth_token", lambda _: ({}, 'vault_backend_auth_token: "   "\n')),
+    "auth token with a trailing space": ("backend_auth_token", lambda _: ({}, 'vault_backend_auth_token: "tok "\n')),
+    "auth off with a token": ("backend_auth_off", settings(backend_auth_off=True)),
+    "anthropic with auth off": (
+        "backend_auth_token",
+        lambda _: ({"backend_provider": "anthropic", "backend_auth_off": True}, 'vault_backend_auth_token: ""\n')),
 }
 
 
@@ -190,6 +203,13 @@ def test_the_shipped_settings_pass_the_preflight(tmp_path: Path) -> None:
     assert report["stats"][HOST]["changed"] == 0
     checked = [task_role(task) for task, _ in results(report) if "arg spec 'preflight'" in str(task["task"]["name"])]
     assert sorted(checked) == ["backend", "backup", "docker", "nginx", "pi_base"]
+
+
+def test_auth_off_by_name_passes_the_preflight(tmp_path: Path) -> None:
+    """The control case for the token rules: no token is fine when auth is off by name (demo provider)."""
+    inventory = make_inventory(tmp_path / "inventory", 'vault_backend_auth_token: ""\n')
+    report = run_playbook(SITE, inventory, {"backend_auth_off": True}, "--check", "--tags", "preflight")
+    assert report["returncode"] == 0, failures(report)
 
 
 def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:

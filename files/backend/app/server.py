@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .asgi import TransportAbortMiddleware
 from .settings import Settings
@@ -31,12 +35,48 @@ class BackendServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+class HeaderTimeoutProtocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request headers take too long.
+
+    Uvicorn times out idle keep-alive connections but not a request begun and
+    never finished (slowloris): each such connection would hold a socket forever.
+    """
+
+    header_timeout_s = 10.0  # set per server by build_server
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and self.conn.their_state is h11.IDLE:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_late)
+        super().data_received(data)
+        if self._header_timer is not None and self.conn.their_state is not h11.IDLE:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
 def build_server(settings: Settings, app: FastAPI) -> BackendServer:
+    protocol = type(
+        "BackendHttpProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": settings.header_timeout_s}
+    )
     config = uvicorn.Config(
         TransportAbortMiddleware(app),
         host=settings.host,
         port=settings.port,
-        http="h11",
+        http=protocol,
+        limit_concurrency=settings.max_connections,
         loop="asyncio",
         lifespan="on",
         proxy_headers=True,

@@ -45,6 +45,19 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1"
     probe_rate_per_s: float = 5.0
     log_level: str = "info"
+    # Limits against a hostile client (README, "Security").
+    auth_off: bool = False
+    max_body_kb: int = 64
+    body_timeout_s: float = 10.0
+    header_timeout_s: float = 10.0
+    max_connections: int = 2048
+    chat_rate_per_s: float = 1.0
+    chat_burst: int = 10
+    rate_limit_clients: int = 10_000
+    probe_max_streams: int = 32
+    probe_max_s: int = 60
+    thread_max_kb: int = 1024
+    store_max_mb: int = 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -74,7 +87,8 @@ class Settings:
             send_timeout_s=e.number(
                 "BACKEND_SEND_TIMEOUT_S", float, d.send_timeout_s, low=0.1, high=3600
             ),
-            auth_token=e.optional("BACKEND_AUTH_TOKEN"),
+            auth_token=e.secret("BACKEND_AUTH_TOKEN"),
+            auth_off=e.choice("BACKEND_AUTH", "required", ("required", "off")) == "off",
             data_dir=Path(e.text("BACKEND_DATA_DIR", str(d.data_dir))),
             keepalive_s=e.number("BACKEND_KEEPALIVE_S", int, d.keepalive_s, low=1, high=3600),
             graceful_shutdown_s=e.number(
@@ -85,7 +99,42 @@ class Settings:
                 "BACKEND_PROBE_RATE_PER_S", float, d.probe_rate_per_s, low=0, high=100_000
             ),
             log_level=e.choice("BACKEND_LOG_LEVEL", d.log_level, LOG_LEVELS),
-        )
+            max_body_kb=e.number("BACKEND_MAX_BODY_KB", int, d.max_body_kb, low=1, high=10_240),
+            body_timeout_s=e.number(
+                "BACKEND_BODY_TIMEOUT_S", float, d.body_timeout_s, low=0.1, high=3600
+            ),
+            header_timeout_s=e.number(
+                "BACKEND_HEADER_TIMEOUT_S", float, d.header_timeout_s, low=0.1, high=3600
+            ),
+            max_connections=e.number(
+                "BACKEND_MAX_CONNECTIONS", int, d.max_connections, low=1, high=1_000_000
+            ),
+            chat_rate_per_s=e.number(
+                "BACKEND_CHAT_RATE_PER_S", float, d.chat_rate_per_s, low=0, high=100_000
+            ),
+            chat_burst=e.number("BACKEND_CHAT_BURST", int, d.chat_burst, low=1, high=100_000),
+            rate_limit_clients=e.number(
+                "BACKEND_RATE_LIMIT_CLIENTS", int, d.rate_limit_clients, low=1, high=10_000_000
+            ),
+            probe_max_streams=e.number(
+                "BACKEND_PROBE_MAX_STREAMS", int, d.probe_max_streams, low=0, high=1_000_000
+            ),
+            probe_max_s=e.number("BACKEND_PROBE_MAX_S", int, d.probe_max_s, low=1, high=3600),
+            thread_max_kb=e.number(
+                "BACKEND_THREAD_MAX_KB", int, d.thread_max_kb, low=16, high=1_048_576
+            ),
+            store_max_mb=e.number("BACKEND_STORE_MAX_MB", int, d.store_max_mb, low=1, high=1_048_576),
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """Refuse an open backend unless asked for by name: never off by accident."""
+        if self.auth_off and self.auth_token is not None:
+            raise SettingsError("BACKEND_AUTH: off, but BACKEND_AUTH_TOKEN is set; choose one")
+        if not self.auth_off and self.auth_token is None:
+            raise SettingsError(
+                "BACKEND_AUTH_TOKEN: required (or BACKEND_AUTH=off to serve the chat to anyone)"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +146,17 @@ class _Env:
     def optional(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
         return value or None
+
+    def secret(self, name: str) -> str | None:
+        """Unset is None; set but blank is an error, never a silent 'off'."""
+        if name not in self.env:
+            return None
+        value = self.env[name]
+        if not value.strip():
+            raise SettingsError(f"{name}: set but blank; give a token or unset it")
+        if value != value.strip():
+            raise SettingsError(f"{name}: has leading or trailing white space")
+        return value
 
     def text(self, name: str, default: str) -> str:
         return self.optional(name) or default

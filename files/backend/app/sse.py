@@ -16,7 +16,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Literal
 
 from starlette.responses import Response
@@ -74,8 +74,10 @@ class EventStreamResponse(Response):
         send_timeout_s: float,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.chunks = chunks
+        self.on_close = on_close  # runs once the response ends, however it ends
         self.send_timeout_s = send_timeout_s
         self.status_code = status_code
         self.background = None
@@ -90,6 +92,8 @@ class EventStreamResponse(Response):
             for task in (stream, disconnect):
                 task.cancel()
             await asyncio.gather(stream, disconnect, return_exceptions=True)
+            if self.on_close is not None:
+                self.on_close()
         if stream.cancelled():
             log.info("client disconnected; stream cancelled")
             return

@@ -20,12 +20,24 @@ class AppState:
     provider: Provider
     store: ThreadStore
     probe_limiter: RateLimiter
+    chat_limiter: RateLimiter
+    open_probes: int = 0
     # Set when the server starts shutting down; open streams end with an
     # error event telling the client to reconnect, then done.
     shutting_down: asyncio.Event = field(default_factory=asyncio.Event)
 
     def begin_shutdown(self) -> None:
         self.shutting_down.set()
+
+    def open_probe(self) -> bool:
+        """Count one more open probe stream, unless BACKEND_PROBE_MAX_STREAMS are open."""
+        if self.open_probes >= self.settings.probe_max_streams:
+            return False
+        self.open_probes += 1
+        return True
+
+    def close_probe(self) -> None:
+        self.open_probes -= 1
 
 
 def get_state(request: Request) -> AppState:

@@ -20,6 +20,8 @@ PROBE = "/api/probe/stream?tokens=20&interval_ms=50"
 CERT = "/etc/nginx/pi5-tls/cert.pem"  # the self-signed certificate the nginx role makes
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
+# The simulated Pis' chat token (molecule/resources/group_vars/pi5.yml makes it once).
+TOKEN = (PROJECT / ".cache" / "sim-auth-token").read_text().split()[0] if (PROJECT / ".cache" / "sim-auth-token").exists() else ""
 
 
 def stream_check(host: Any, http_version: str = "2", **options: Any) -> dict[str, Any]:
@@ -222,13 +224,17 @@ def test_effective_config_streams(nginx_t: str) -> None:
     for directive in (
         "proxy_buffering off;",
         "proxy_cache off;",
-        "proxy_request_buffering off;",
+        "proxy_request_buffering on;",  # the request body: bounded before the backend sees it
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
         "gzip off;",
         "proxy_read_timeout 3600s;",
+        "limit_conn pi5_conn 32;",
+        "limit_req zone=pi5_req burst=40 nodelay;",
     ):
         assert directive in location, f"{directive} missing from location /api"
+    for directive in ("client_header_timeout 10s;", "client_body_timeout 10s;", "access_log /var/log/nginx/access.log pi5_no_query;"):
+        assert directive in nginx_t, f"{directive} missing from nginx -T"
 
 
 def test_default_site_is_gone(host: Any, nginx_t: str) -> None:
@@ -277,12 +283,15 @@ def test_tokens_stream_incrementally_through_nginx_over_http2_and_http11(host: A
 def test_chat_endpoint_streams_sse_through_nginx(host: Any) -> None:
     out = host.check_output(
         "curl -skS -N --max-time 20 -D - -X POST https://127.0.0.1/api/chat/message "
-        "-H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'"
+        f"-H 'Authorization: Bearer {TOKEN}' -H 'Content-Type: application/json' -d '{{\"message\": \"hello\"}}'"
     )
     assert re.search(r"(?im)^content-type: text/event-stream", out)
     events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
     assert len([e for e in events if e["type"] == "token"]) >= 2
     assert events[-1]["type"] == "done"
+    refused = host.run("curl -sk -o /dev/null -w '%{http_code}' -X POST https://127.0.0.1/api/chat/message "
+                       "-H 'Content-Type: application/json' -d '{\"message\": \"hello\"}'")
+    assert refused.stdout == "401"  # the shipped posture: no token, no chat
 
 
 # --- A broken change never goes live ---------------------------------------

@@ -7,14 +7,23 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..auth import require_auth
 from ..providers import Turn
 from ..sse import EventStreamResponse, now_ms, openapi_sse_response
 from ..state import AppState, get_state
-from ..storage import THREAD_ID_PATTERN, StoredMessage, Thread, ThreadStore, new_thread_id
+from ..storage import (
+    THREAD_ID_PATTERN,
+    StoredMessage,
+    StoreFullError,
+    Thread,
+    ThreadStore,
+    new_thread_id,
+)
 from ..streaming import StreamOptions, StreamResult, sse_stream
 
 log = logging.getLogger(__name__)
@@ -47,18 +56,61 @@ class ChatRequest(BaseModel):
     @field_validator("message")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("message must not be blank")
-        return value
+        return checked_message(value)
+
+
+def checked_message(value: str) -> str:
+    """Refuse a blank message, and one that is not valid Unicode (a lone surrogate)."""
+    if not value.strip():
+        raise ValueError("message must not be blank")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError("message must be valid Unicode text") from None
+    return value
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, refused past ``max_bytes`` (413) or ``timeout_s`` (408) as it arrives."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "request body too large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPException(status.HTTP_408_REQUEST_TIMEOUT, "request body too slow") from None
+    return b"".join(chunks)
 
 
 @router.post(
     "/message",
     summary="Send a message; the reply streams back as SSE",
     response_class=EventStreamResponse,
-    responses=openapi_sse_response(STREAM_DOC),
+    responses={
+        **openapi_sse_response(STREAM_DOC),
+        413: {"description": "Body over BACKEND_MAX_BODY_KB, or the thread is full"},
+        429: {"description": "Over BACKEND_CHAT_RATE_PER_S for this client"},
+        507: {"description": "The store is full (BACKEND_STORE_MAX_MB)"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
+        }
+    },
 )
-async def post_message(body: ChatRequest, state: State) -> EventStreamResponse:
+async def post_message(request: Request, state: State) -> EventStreamResponse:
+    settings = state.settings
+    raw = await read_body(request, settings.max_body_kb * 1024, settings.body_timeout_s)
+    try:
+        # pydantic's own JSON parser: NaN, lone surrogates and deep nesting are errors, not crashes.
+        body = ChatRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_input=False)) from None
     return await start_reply(state, body.message, body.thread_id)
 
 
@@ -73,37 +125,43 @@ async def stream_message(
     state: State,
     thread_id: ThreadIdQuery = None,
 ) -> EventStreamResponse:
-    if not message.strip():
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, detail="message must not be blank"
-        )
+    try:
+        checked_message(message)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
     return await start_reply(state, message, thread_id)
 
 
-@router.get("/threads/{threadId}", summary="A stored thread, as persisted in the data dir")
+@router.get(
+    "/threads/{threadId}",
+    summary="A stored thread, as persisted in the data dir",
+    response_class=StreamingResponse,
+    responses={200: {"model": Thread, "content": {"application/json": {}}}},
+)
 async def get_thread(
     thread_id: Annotated[str, Path(alias="threadId", pattern=THREAD_ID_PATTERN)], state: State
-) -> Thread:
-    thread = await state.store.load(thread_id)
-    if thread is None:
+) -> StreamingResponse:
+    if not await asyncio.to_thread(state.store.exists, thread_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no thread {thread_id}")
-    return thread
+    # A sync iterator: Starlette reads it in its thread pool, piece by piece.
+    return StreamingResponse(state.store.thread_json(thread_id), media_type="application/json")
 
 
 async def start_reply(state: AppState, message: str, thread_id: str | None) -> EventStreamResponse:
     """Persist the user message, then stream the reply (persisted when it ends)."""
     thread_id = thread_id or new_thread_id()
     try:
-        thread = await state.store.load(thread_id)
+        history = await state.store.turns(thread_id)
         await state.store.append(
             thread_id, StoredMessage(role="user", content=message, ts=now_ms())
         )
+    except StoreFullError as exc:
+        raise HTTPException(exc.status, detail=str(exc)) from None
     except OSError as exc:
         log.error("cannot store thread %s: %s", thread_id, exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"cannot store the message: {exc.strerror}"
         ) from exc
-    history = thread.turns() if thread else []
     events = reply_events(state, thread_id, [*history, Turn("user", message)])
     return EventStreamResponse(events, send_timeout_s=state.settings.send_timeout_s)
 
@@ -142,6 +200,6 @@ async def save_reply(store: ThreadStore, thread_id: str, result: StreamResult) -
         error=result.error,
     )
     try:
-        await store.append(thread_id, reply)
+        await store.append(thread_id, reply, capped=False)
     except OSError:
         log.exception("cannot store the reply of thread %s", thread_id)

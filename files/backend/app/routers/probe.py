@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 
 from ..probe import ProbeParams, probe_tokens
-from ..ratelimit import retry_after_seconds
+from ..ratelimit import client_key, retry_after_seconds
 from ..sse import EventStreamResponse, openapi_sse_response
 from ..state import AppState, get_state
 from ..streaming import StreamOptions, sse_stream
@@ -52,7 +52,9 @@ class ProbeQuery(BaseModel):
     response_class=EventStreamResponse,
     responses={
         **openapi_sse_response(DONE_DOC),
+        422: {"description": "Bad parameters, or longer than BACKEND_PROBE_MAX_S"},
         429: {"description": "Rate limit (BACKEND_PROBE_RATE_PER_S per client) exceeded"},
+        503: {"description": "BACKEND_PROBE_MAX_STREAMS probes are already open"},
     },
 )
 async def probe_stream(
@@ -60,19 +62,33 @@ async def probe_stream(
     query: Annotated[ProbeQuery, Query()],
     state: Annotated[AppState, Depends(get_state)],
 ) -> EventStreamResponse:
-    client = request.client.host if request.client else "unknown"
-    wait_s = state.probe_limiter.acquire(client)
+    params = query.params()
+    settings = state.settings
+    if params.duration_ms() > settings.probe_max_s * 1000:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"the probe would last longer than {settings.probe_max_s}s",
+        )
+    wait_s = state.probe_limiter.acquire(client_key(request.client.host if request.client else None))
     if wait_s:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             detail="probe rate limit exceeded",
             headers={"Retry-After": str(retry_after_seconds(wait_s))},
         )
+    if not state.open_probe():
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="too many probes open; try again shortly",
+            headers={"Retry-After": "5"},
+        )
     heartbeat_s = query.heartbeat_ms / 1000 if query.heartbeat_ms else state.settings.heartbeat_s
     events = sse_stream(
-        probe_tokens(query.params()),
+        probe_tokens(params),
         thread_id=f"probe-{uuid.uuid4().hex[:12]}",
         options=StreamOptions(heartbeat_s=heartbeat_s, split_multibyte=True),
         shutdown=state.shutting_down,
     )
-    return EventStreamResponse(events, send_timeout_s=state.settings.send_timeout_s)
+    return EventStreamResponse(
+        events, send_timeout_s=settings.send_timeout_s, on_close=state.close_probe
+    )
