@@ -71,7 +71,7 @@ arm64-image:  ## Build the emulated arm64 Pi's disk image and arm64 base image (
 	bash scripts/build-arm64-image.sh >/dev/null
 	bash scripts/build-sim-images.sh python-arm64
 
-# Not in `make test`: about an hour under emulation on two shared cores (README, "arm64").
+# Not in `make test`: about 25 min under emulation on two cores, the disk image cached (README, "arm64").
 arm64: venv arm64-image  ## site.yml, idempotence and the stream check on an emulated arm64 Pi 5 (QEMU)
 	$(BIN)/molecule test -s arm64
 
