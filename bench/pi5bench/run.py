@@ -161,15 +161,23 @@ class Bench:
                   "recap": recap[-1] if recap else None}
         log(f"{label} converge: {result}")
         if proc.returncode != 0:
-            Path(self.args.results_dir, f"converge-{label}.log").write_text(proc.stdout[-20000:] + proc.stderr[-5000:])
+            saved = Path(self.args.results_dir, f"converge-{label}.log")
+            saved.write_text(proc.stdout[-20000:] + proc.stderr[-5000:])
+            # Figures from a Pi that site.yml did not converge would measure something else: stop here.
+            raise SystemExit(f"{label} converge failed (rc {proc.returncode}): {saved}")
         return result
 
     def provisioning(self) -> None:
         prov: dict[str, Any] = {}
-        exists = (
-            subprocess.run(["docker", "inspect", str(self.args.container)], capture_output=True, check=False).returncode
-            == 0
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}}", str(self.args.container)],
+            capture_output=True, text=True, check=False,
         )
+        exists = state.returncode == 0
+        if exists and state.stdout.strip() != "true" and not self.args.ssh:
+            # A Pi left powered off (e.g. the host's Docker restarted): boot it, as its owner would.
+            log(f"{self.args.container} is stopped: starting it")
+            subprocess.run(["docker", "start", str(self.args.container)], check=True, capture_output=True)
         if not self.args.ssh and self.args.converge != "none":
             if self.args.converge == "cold" or (self.args.converge == "auto" and not exists):
                 if exists:
