@@ -191,8 +191,15 @@ class Spike:
         late = figures["lateness_ms"]
         log(f"{design:8} {streams:5}: p50 {late['p50']} p99 {late['p99']} pace {figures['delivered_share']}"
             f" outcomes {figures['outcomes']} cost {design_cost(figures, design)}")
-        time.sleep(2)  # replies' TTLs and closed sockets settle between phases
+        self.settle()
         return figures
+
+    def settle(self, timeout_s: float = 240) -> None:
+        """Wait until the workers generate nothing: replies outlive their clients, and would load the next phase."""
+        waited = self.pi.wait_until(["bash", "-c", "n=$(redis-cli -p 6399 get spike:active); [ \"${n:-0}\" -le 0 ]"], timeout_s)
+        if waited is None:
+            log(f"workers still busy after {timeout_s} s")
+        time.sleep(2)
 
     def median_load(self, design: str, streams: int) -> dict[str, Any]:
         rounds = [self.load(design, streams) for _ in range(self.args.rounds)]
@@ -251,7 +258,7 @@ class Spike:
                 log(f"drill {drill} {design}: {got['complete']}/{got['streams']} complete, twice {got['ids_twice']}"
                     f" (same event {got['same_event_twice']}, publishes retried {got['worker_publish_retries']}),"
                     f" missing {got['tokens_missing']}, reconnected {got['streams_reconnected']}, {got['statuses']}")
-                time.sleep(3)
+                self.settle()
                 self.save()
 
     def publish_retries(self) -> int:

@@ -204,9 +204,25 @@ async def _redirect(send: Send, reply: str) -> None:
     await _body(send, b"", more=False)
 
 
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one request; stop its work when the client goes (uvicorn's send() after that is a silent no-op)."""
     if scope["type"] != "http":
         return
+    work = asyncio.ensure_future(_serve(scope, send))
+    gone = asyncio.ensure_future(_disconnected(receive))
+    await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (work, gone):
+        task.cancel()
+    if work.done() and not work.cancelled() and work.exception() is not None:
+        raise work.exception()  # type: ignore[misc]
+
+
+async def _serve(scope: Scope, send: Send) -> None:
     path: str = scope["path"]
     query = _query(scope)
     tokens = min(int(query.get("tokens", "20")), 5000)

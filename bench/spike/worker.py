@@ -101,6 +101,7 @@ async def generate(job: dict[str, object]) -> None:
         await _retrying(once)
 
     contents: list[str] = []
+    await _retrying(REDIS.incr, "spike:active")  # replies in generation: the bench waits for 0 between phases
     try:
         for index in range(tokens):
             if index:
@@ -114,6 +115,7 @@ async def generate(job: dict[str, object]) -> None:
     finally:
         if nchan is not None:
             nchan.close()
+        await _retrying(REDIS.decr, "spike:active")
 
 
 async def main() -> None:
