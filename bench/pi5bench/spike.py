@@ -86,6 +86,23 @@ def design_cost(figures: dict[str, Any], design: str) -> dict[str, float | None]
     }
 
 
+def us_per_event(figures: dict[str, Any], design: str) -> dict[str, float] | None:
+    """CPU microseconds per delivered event, per process group of the design and in all (pure).
+
+    Less sensitive to a busy machine than lateness: a process that waits for a core does not burn CPU
+    meanwhile, so this is what carries over to another machine (scaled by its per-core speed).
+    """
+    cores = figures.get("cpu_cores") or {}
+    share, streams = figures.get("delivered_share"), figures.get("streams")
+    interval = figures.get("interval_ms", 50)
+    if not cores or not share or not streams:
+        return None
+    events_per_s = share * streams * 1000.0 / interval
+    out = {name: round(cores.get(name, 0.0) * 1e6 / events_per_s, 1) for name in DELIVERY[design]}
+    out["all"] = round(sum(out.values()), 1)
+    return out
+
+
 def seed_bounds(results: dict[int, bool], low: int, high: int) -> tuple[int, int, bool]:
     """Capacity search bounds from the levels already measured: (largest pass, smallest fail, fail known)."""
     passed = [n for n, ok in results.items() if ok]
@@ -108,6 +125,12 @@ def fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _us(per: dict[str, float] | None) -> str:
+    if not per:
+        return "-"
+    return f"**{per['all']}** (" + ", ".join(f"{name} {value}" for name, value in per.items() if name != "all") + ")"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The README-ready tables from spike.json."""
     lines = [f"Run {results['started']} on {results['target']} (machine: {results['cores']} cores,"
@@ -119,8 +142,8 @@ def markdown(results: dict[str, Any]) -> str:
         if design in capacity:
             streams = capacity[design]["streams"]
             lines.append(f"| {TITLES[design]} | {streams} | {fmt(ratio(streams, base))} |")
-    lines += ["", "| streams | design | p50 | p99 | added p50 / p99 | pace | cores (delivery) | KiB/stream | done |",
-              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += ["", "| streams | design | p50 | p99 | added p50 / p99 | pace | cores (delivery) | CPU us/event"
+              " | KiB/stream | done |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for level in results.get("levels", []):
         for design, fig in level["designs"].items():
             added = level["added"].get(design, {})
@@ -128,7 +151,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {level['streams']} | {design} | {fmt(fig['lateness_ms']['p50'])} | {fmt(fig['lateness_ms']['p99'])}"
                 f" | {fmt(added.get('p50'))} / {fmt(added.get('p99'))} | {fmt(fig['delivered_share'])}"
-                f" | {fmt(cost.get('cores'))} | {fmt(cost.get('kib_per_stream'))}"
+                f" | {fmt(cost.get('cores'))} | {_us(us_per_event(fig, design))} | {fmt(cost.get('kib_per_stream'))}"
                 f" | {fig['outcomes'].get('done', 0)}/{fig['streams']} |")
     lines += ["", "| drill | design | complete | ids twice | same event twice | tokens missing | reconnected"
               " | publishes retried | statuses |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -196,7 +219,7 @@ class Spike:
 
     def settle(self, timeout_s: float = 240) -> None:
         """Wait until the workers generate nothing: replies outlive their clients, and would load the next phase."""
-        waited = self.pi.wait_until(["bash", "-c", "n=$(redis-cli -p 6399 get spike:active); [ \"${n:-0}\" -le 0 ]"], timeout_s)
+        waited = self.pi.wait_until(["bash", "-c", "[ \"$(redis-cli -p 6399 scard spike:active)\" = 0 ]"], timeout_s)
         if waited is None:
             log(f"workers still busy after {timeout_s} s")
         time.sleep(2)
@@ -244,9 +267,14 @@ class Spike:
     def drills(self) -> None:
         self.results["drills"] = {}
         for drill, per in DRILLS.items():
+            if drill not in self.args.drills:
+                continue
             for design, action in per.items():
                 if design not in self.args.drill_designs:
                     continue
+                if action == "restart-redis":  # the same small AOF for every design: its replay is the restart's time
+                    self.pi.run(["bash", "-c", "redis-cli -p 6399 flushall && redis-cli -p 6399 bgrewriteaof"])
+                    time.sleep(2)
                 spec = {"url": f"http://127.0.0.1:{DESIGNS[design]}", "streams": self.args.drill_streams,
                         "tokens": 200, "interval_ms": self.args.interval_ms, "action_at_s": 4.0, "timeout_s": 60,
                         "action_argv": ["bash", "-c", f"SPIKE_ACTION={action} /opt/spike/start.sh "
@@ -288,6 +316,10 @@ class Spike:
         (out / "spike.md").write_text(markdown(self.results))
 
     def run(self) -> int:
+        if self.args.report_only:
+            self.results = json.loads(Path(self.args.results_dir, "spike.json").read_text())
+            self.save()
+            return 0
         self.setup()
         try:
             if "contract" in self.args.only:
@@ -329,9 +361,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--capacity-steps", type=int, default=3)
     p.add_argument("--capacity-resolution", type=int, default=25)
     p.add_argument("--drill-streams", type=int, default=200)
+    p.add_argument("--drills", default=",".join(DRILLS), type=lambda s: set(s.split(",")))
     p.add_argument("--drill-designs", default="a_sse,a_hub,b_nchan", type=lambda s: set(s.split(",")))
     p.add_argument("--results-dir", default=str(REPO / "bench/results"))
     p.add_argument("--keep", action="store_true", help="leave the container running afterwards")
+    p.add_argument("--report-only", action="store_true", help="write spike.md again from spike.json, measure nothing")
     return p.parse_args(argv)
 
 

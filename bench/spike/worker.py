@@ -101,7 +101,7 @@ async def generate(job: dict[str, object]) -> None:
         await _retrying(once)
 
     contents: list[str] = []
-    await _retrying(REDIS.incr, "spike:active")  # replies in generation: the bench waits for 0 between phases
+    await _retrying(REDIS.sadd, "spike:active", reply)  # replies in generation (a set: a retried add counts once)
     try:
         for index in range(tokens):
             if index:
@@ -115,7 +115,7 @@ async def generate(job: dict[str, object]) -> None:
     finally:
         if nchan is not None:
             nchan.close()
-        await _retrying(REDIS.decr, "spike:active")
+        await _retrying(REDIS.srem, "spike:active", reply)
 
 
 async def main() -> None:

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ansible_collections.pi5.streaming.plugins.module_utils import stream_check as core
-from pi5bench.spike import added_lateness, design_cost, group_memory, markdown, seed_bounds
+from pi5bench.spike import added_lateness, design_cost, group_memory, markdown, seed_bounds, us_per_event
 from pi5bench.spike_client import Resumed, _content_location, judge
 from pi5bench.spike_events import PROBE_TOKENS, done_summary, encode_event, resume_from, stream_id
 
@@ -117,3 +117,10 @@ def test_markdown_has_the_capacity_ratio_and_every_drill() -> None:
     })
     assert "| 120 | 3.0 |" in text
     assert "| nginx_reload | b_nchan | 200/200 | 0 | 0 | 0 | 200 | 3 |" in text
+
+
+def test_cpu_per_event_divides_each_groups_cores_by_the_events_delivered() -> None:
+    figures = {**_figures(), "delivered_share": 0.5}  # 100 streams x 20/s x 0.5 = 1000 events/s
+    per = us_per_event(figures, "a_sse")
+    assert per == {"sse_a": 300.0, "nginx": 100.0, "redis": 50.0, "worker": 200.0, "all": 650.0}
+    assert us_per_event({**_figures(), "delivered_share": None}, "a_sse") is None
