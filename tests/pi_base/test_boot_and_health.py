@@ -256,7 +256,7 @@ def test_the_health_logger_logs_one_line_where_the_tools_are(tmp_path: Path) -> 
     assert bare.endswith("throttled=unknown\n")
 
 
-def hardware(tmp: Path, **present: bool) -> dict[str, Any]:
+def hardware(tmp: Path, extra: dict[str, Any] | None = None, **present: bool) -> dict[str, Any]:
     """hardware.yml against stand-in tools and devices under tmp: each file exists only when named present."""
     paths = {"pi_base_vcgencmd": tmp / "vcgencmd", "pi_base_eeprom_update_command": tmp / "rpi-eeprom-update",
              "pi_base_watchdog_device": tmp / "watchdog", "pi_base_thermal_zone": tmp / "temp"}
@@ -269,14 +269,24 @@ def hardware(tmp: Path, **present: bool) -> dict[str, Any]:
     settings: dict[str, Any] = {name: str(path) for name, path in paths.items()}
     # No health-log timer: its units would go into this machine's systemd (molecule proves that part).
     settings |= {"pi_base_watchdog_conf_path": str(tmp / "50-pi5-watchdog.conf"), "pi_base_reboot": False,
-                 "pi_base_health_log_interval_min": 0}
-    return apply(tmp, ["detect.yml", "hardware.yml"], settings)
+                 "pi_base_health_log_interval_min": 0,
+                 # The checker system.yml installs on the Pi, from the checkout.
+                 "pi_base_config_test_command": str(ROOT / "roles" / "pi_base" / "files" / "pi5-config-test")}
+    return apply(tmp, ["detect.yml", "hardware.yml"], settings | (extra or {}))
 
 
 def test_each_pi_5_extra_is_skipped_cleanly_where_its_hardware_is_absent(tmp_path: Path) -> None:
     report = hardware(tmp_path)
     assert report["returncode"] == 0, failures(report)
     assert report["stats"]["preflight-target"]["changed"] == 0
+    assert not (tmp_path / "50-pi5-watchdog.conf").exists()
+
+
+def test_a_watchdog_drop_in_systemd_could_not_parse_is_never_written(tmp_path: Path) -> None:
+    report = hardware(tmp_path, {"pi_base_watchdog_conf": "RuntimeWatchdogSec=15\n"}, watchdog_device=True)
+    assert report["returncode"] != 0
+    assert any("no section headers" in str(result.get("msg", "")) + str(result.get("stderr", ""))
+               for _, result in results(report)), failures(report)
     assert not (tmp_path / "50-pi5-watchdog.conf").exists()
 
 
