@@ -225,6 +225,23 @@ def test_without_cloud_init_only_etc_hosts_is_edited(tmp_path: Path) -> None:
     assert not (tmp_path / "none").exists()
 
 
+DOCKER_MOUNTINFO = ("2474 2456 0:25 / / rw,relatime master:1 - overlay overlay rw\n"
+                    "2489 2474 8:1 /var/lib/docker/containers/0f3c/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n")
+
+
+@pytest.mark.parametrize(("mountinfo", "owned"), [
+    (DOCKER_MOUNTINFO, True),  # Docker's (and Podman's) own /etc/hostname: the host name is the runtime's
+    (DOCKER_MOUNTINFO.replace("/etc/hostname ", "/etc/hostname.old "), False),  # a Pi, or the simulated Pi's boot
+])
+def test_the_host_name_is_left_alone_only_where_a_runtime_mounts_etc_hostname(
+        tmp_path: Path, mountinfo: str, owned: bool) -> None:
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    report = apply(tmp_path, "detect.yml", {"pi_base_mountinfo_path": str(tmp_path / "mountinfo")})
+    assert report["returncode"] == 0, failures(report)
+    [detected] = [m for m in messages(report) if "page size" in m]
+    assert ("whose runtime owns the host name" in detected) is owned, detected
+
+
 def fake_tools(tmp: Path, **scripts: str) -> dict[str, str]:
     """Commands of a Pi (vcgencmd, journalctl...) as stand-in scripts first on PATH."""
     fake_bin = tmp / "bin"

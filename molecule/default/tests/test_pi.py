@@ -85,6 +85,31 @@ def test_power_and_heat_are_logged_to_the_journal_over_time(host: Any) -> None:
     assert not host.file("/etc/NetworkManager/conf.d/50-pi5-wifi-powersave.conf").exists
 
 
+def test_the_host_name_is_the_inventorys_and_resolves_locally(host: Any) -> None:
+    """The simulated Pi owns /etc/hostname and /etc/hosts as a Pi does (Raspberry Pi OS's stock ones name it
+    raspberrypi): the role renames it to its inventory name and 127.0.1.1 resolves that name, not the old one."""
+    name = host.backend.host
+    assert host.check_output("hostname") == name
+    assert host.file("/etc/hostname").content_string.strip() == name
+    hosts = host.file("/etc/hosts").content_string
+    assert f"127.0.1.1\t{name}\n" in hosts and "raspberrypi" not in hosts, hosts
+
+
+def test_trixies_first_boot_ran_raspberry_pi_imagers_cloud_init(host: Any) -> None:
+    """trixie's first boot is cloud-init with the NoCloud seed Imager writes on the boot partition: it installed
+    avahi-daemon (apt, while the role waited), made the user pi with Imager's key, and renders /etc/hosts itself."""
+    if host.system_info.codename != "trixie":
+        pytest.skip("Raspberry Pi OS bookworm configures its first boot with firstrun.sh, not cloud-init")
+    with host.sudo():
+        status = host.run("cloud-init status --long")
+        assert status.rc == 0 and "status: done" in status.stdout, status.stdout
+        assert "DataSourceNoCloud" in status.stdout and "/boot/firmware" in status.stdout, status.stdout
+        assert "imager@pi5-sim" in host.file("/home/pi/.ssh/authorized_keys").content_string
+    assert host.package("avahi-daemon").is_installed
+    assert "configured 'manage_etc_hosts' as True" in host.file("/etc/hosts").content_string
+    assert f"127.0.1.1\t{host.backend.host}\n" in host.file("/etc/cloud/templates/hosts.debian.tmpl").content_string
+
+
 def test_the_locale_is_set_through_trixies_link(host: Any) -> None:
     """trixie links /etc/default/locale to ../locale.conf (systemd reads one, PAM the other): the link must stay."""
     locale = host.file("/etc/default/locale")
@@ -419,6 +444,14 @@ def test_after_a_reboot_the_backend_is_healthy_and_a_run_changes_nothing(host: A
                     " 2>/dev/null | grep -qE '^(running|degraded)$' && break; sleep 1; done"], check=False, timeout=400)
     assert host.check_output("cut -d ' ' -f 22 /proc/1/stat") != before, "the simulated Pi did not reboot"
     assert wait_until_healthy(host) == "healthy"
+    if host.system_info.codename == "trixie":
+        # cloud-init ran in this boot (its /run is new) and rendered /etc/hosts again from its template.
+        with host.sudo():
+            assert host.run("cloud-init status --wait").rc == 0
+        assert host.file("/run/cloud-init/status.json").exists
+        assert "configured 'manage_etc_hosts' as True" in host.file("/etc/hosts").content_string
+    assert f"127.0.1.1\t{name}\n" in host.file("/etc/hosts").content_string
+    assert host.check_output("hostname") == name
     run = playbook(host, report=True)
     assert run.returncode == 0, run.stderr[-3000:]
     stats = json.loads(run.stdout)["stats"][name]
