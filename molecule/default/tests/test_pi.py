@@ -72,6 +72,12 @@ def test_the_pi_5_boot_paths_were_taken(host: Any) -> None:
 
 
 
+def test_the_bootloader_keeps_booting_the_card_first_without_an_nvme_data_disk(host: Any) -> None:
+    """The NVMe boot order is for a Pi whose data disk is NVMe; this one has none (rpi-eeprom-config is a stand-in)."""
+    with host.sudo():
+        assert "BOOT_ORDER=0xf461" in host.check_output("rpi-eeprom-config").splitlines()
+
+
 def test_power_and_heat_are_logged_to_the_journal_over_time(host: Any) -> None:
     """The Pi 5 extras where the tools are (the simulated Pi has Raspberry Pi OS's vcgencmd as a stand-in): a timer logs
     temperature and throttling, and the health report reads it back; no watchdog or Wi-Fi here, so none configured."""
