@@ -158,6 +158,22 @@ def test_docker_engine_is_enabled_and_running(host: Any) -> None:
     assert docker.is_running
 
 
+def test_dockerd_starts_only_once_its_data_root_is_mounted(host: Any) -> None:
+    """A data root on a disk of its own (bookworm's Pi: the volume at /var/lib/docker stands in for the data disk):
+    systemd orders docker.service after that mount and requires it, so dockerd never starts on the card's empty
+    directory before a slow USB disk is there. Without a data root (trixie's Pi) there is no such drop-in."""
+    dropin = host.file("/etc/systemd/system/docker.service.d/50-pi5-data-root.conf")
+    shown = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show docker.service -p RequiresMountsFor -p Requires -p After").splitlines())
+    if "data_root_on_a_mount" in host.ansible.get_variables()["group_names"]:
+        assert "RequiresMountsFor=/var/lib/docker" in dropin.content_string.splitlines()
+        assert shown["RequiresMountsFor"] == "/var/lib/docker"
+        assert "var-lib-docker.mount" in shown["Requires"].split() and "var-lib-docker.mount" in shown["After"].split()
+    else:
+        assert not dropin.exists
+        assert shown["RequiresMountsFor"] == ""
+
+
 def test_container_logs_are_rotated(host: Any) -> None:
     daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
     assert daemon["log-driver"] == "json-file"
