@@ -21,6 +21,7 @@ workdir=$(mktemp -d /var/tmp/pi5sim.XXXXXX)
 trap 'rm -rf "$workdir"' EXIT
 
 pi_packages=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,curl,gnupg,locales,tzdata
+trixie_packages=cloud-init,openssh-server
 python_packages=python3,python3-venv,ca-certificates
 
 image_is_current() {  # image inputs-hash
@@ -114,7 +115,40 @@ CONFIG
   printf '%s\n' '#!/bin/sh' '# Stand-in of the simulated Pi (scripts/build-sim-images.sh): always current.' \
     'echo "BOOTLOADER: up to date"' 'echo "   CURRENT: Mon  9 Sep 14:19:26 UTC 2024 (1725891566)"' \
     'echo "    LATEST: Mon  9 Sep 14:19:26 UTC 2024 (1725891566)"' >"$rootfs/usr/bin/rpi-eeprom-update"
-  chmod 0755 "$rootfs/usr/bin/vcgencmd" "$rootfs/usr/bin/rpi-eeprom-update"
+  # rpi-eeprom-config prints the bootloader's settings (a Pi 5's factory ones: SD card first) and --apply
+  # takes new ones; here a file stands for the EEPROM (a real Pi flashes them at the next boot).
+  mkdir -p "$rootfs/var/lib/pi5-sim"
+  printf '[all]\nBOOT_UART=1\nPOWER_OFF_ON_HALT=0\nBOOT_ORDER=0xf461\n' >"$rootfs/var/lib/pi5-sim/eeprom.conf"
+  printf '%s\n' '#!/bin/sh' '# Stand-in of the simulated Pi (scripts/build-sim-images.sh): the EEPROM is a file.' 'set -e' \
+    'eeprom=/var/lib/pi5-sim/eeprom.conf' 'case "$1" in' '  "") cat "$eeprom" ;;' \
+    '  -a|--apply) grep -q "^BOOT_ORDER=0x[0-9a-fA-F]*$" "$2"; cp "$2" "$eeprom"; echo "EEPROM update pending. Please reboot to apply the update." ;;' \
+    '  *) echo "rpi-eeprom-config (stand-in): unsupported arguments: $*" >&2; exit 2 ;;' 'esac' \
+    >"$rootfs/usr/bin/rpi-eeprom-config"
+  chmod 0755 "$rootfs/usr/bin/vcgencmd" "$rootfs/usr/bin/rpi-eeprom-update" "$rootfs/usr/bin/rpi-eeprom-config"
+  # Raspberry Pi OS's stock /etc/hostname and /etc/hosts. Docker bind-mounts its own over them (its
+  # runtime owns the host name there), over empty files of its own; a Pi owns both, and cloud-init and
+  # the role write them: drop Docker's at every boot, and put the stock ones in on the first.
+  mkdir -p "$rootfs/usr/lib/pi5-sim/etc"
+  echo raspberrypi >"$rootfs/usr/lib/pi5-sim/etc/hostname"
+  printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\nff02::1\t\tip6-allnodes\nff02::2\t\tip6-allrouters\n\n127.0.1.1\traspberrypi\n' \
+    >"$rootfs/usr/lib/pi5-sim/etc/hosts"
+  cat >"$rootfs/etc/systemd/system/pi5-sim-own-hostname.service" <<'UNIT'
+[Unit]
+Description=Simulated Pi: own /etc/hostname and /etc/hosts, as a Pi does (Docker bind-mounts them)
+DefaultDependencies=no
+Before=local-fs.target cloud-init-local.service systemd-hostnamed.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for f in hostname hosts; do while umount /etc/$f 2>/dev/null; do :; done; [ -s /etc/$f ] || cp /usr/lib/pi5-sim/etc/$f /etc/$f; done'
+
+[Install]
+WantedBy=local-fs.target
+UNIT
+  mkdir -p "$rootfs/etc/systemd/system/local-fs.target.wants"
+  ln -sf ../pi5-sim-own-hostname.service "$rootfs/etc/systemd/system/local-fs.target.wants/"
+  if [[ $suite == trixie ]]; then imager_first_boot "$rootfs"; fi
   # An archive with the Raspberry Pi archive's Release fields (Origin and Label are what
   # unattended-upgrades matches) and one package entry that nothing installs (apt keeps no list of an
   # empty archive); a real Pi has http://archive.raspberrypi.com/debian/.
@@ -144,12 +178,70 @@ RELEASE
   fi
 }
 
+# trixie images configure their first boot with cloud-init (bookworm's with firstrun.sh): the NoCloud
+# seed Raspberry Pi Imager writes on the boot partition, as its customisation generator makes it for a
+# host name, a time zone, the user pi with an SSH key (no password) and SSH on. A real Pi finds the
+# seed by the partition's label, which a container has not: the sim's config points at the directory.
+imager_first_boot() {  # rootfs
+  local rootfs=$1
+  cat >"$rootfs/boot/firmware/user-data" <<'USERDATA'
+#cloud-config
+manage_resolv_conf: false
+
+hostname: raspberrypi
+manage_etc_hosts: true
+packages:
+- avahi-daemon
+
+apt:
+  preserve_sources_list: true
+  conf: |
+    Acquire {
+      Check-Date "false";
+    };
+
+timezone: Europe/London
+user:
+  name: pi
+  shell: /bin/bash
+  lock_passwd: true
+  ssh_authorized_keys:
+    - "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKEfakeFAKEfakeFAKEfakeFAKEfakeFAKEfakeFAKE imager@pi5-sim"
+  sudo: null
+
+ssh_pwauth: false
+
+runcmd:
+  - [ systemctl, enable, --now, ssh ]
+USERDATA
+  # Imager's instance id is the time it wrote the card, in milliseconds.
+  echo "instance-id: rpi-imager-1762000000000" >"$rootfs/boot/firmware/meta-data"
+  printf '%s\n' 'network:' '  version: 2' >"$rootfs/boot/firmware/network-config"
+  # The container's network is Docker's: cloud-init renders none.
+  cat >"$rootfs/etc/cloud/cloud.cfg.d/99-pi5-sim.cfg" <<'CFG'
+datasource_list: [NoCloud, None]
+datasource:
+  NoCloud:
+    seedfrom: file:///boot/firmware/
+network:
+  config: disabled
+CFG
+}
+
 build_pi() {  # suite
   local suite=$1 tag="${PI5_SIM_IMAGE:-pi5-sim}:$1" inputs="$self_hash-$1" rootfs="$workdir/$1"
   if image_is_current "$tag" "$inputs"; then echo "$tag is current"; return; fi
   echo "building $tag from Debian $suite"
   bootstrap "$suite" "$rootfs" "$pi_packages"
   echo "deb $mirror $suite main" >"$rootfs/etc/apt/sources.list"
+  # Raspberry Pi OS Lite trixie has cloud-init (its first boot) and an SSH server (Imager turns it on);
+  # apt resolves cloud-init's dependencies, which debootstrap's --include does not fully.
+  if [[ $suite == trixie ]]; then
+    chroot "$rootfs" sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -qq -y --no-install-recommends \
+      ${trixie_packages//,/ } && apt-get clean" >"$rootfs.apt.log" 2>&1 || { tail -n 30 "$rootfs.apt.log" >&2; return 1; }
+    rm -rf "$rootfs"/var/lib/apt/lists/*
+    touch -d @0 "$rootfs/var/lib/apt/lists"
+  fi
   : >"$rootfs/etc/machine-id"
   # Units that need real hardware or a console; they only fail in a container.
   for unit in getty@tty1.service systemd-udevd.service systemd-remount-fs.service \

@@ -29,10 +29,11 @@ def boot(tmp_path: Path) -> Path:
     return directory
 
 
-def apply(tmp: Path, tasks: str | list[str], extra: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+def apply(tmp: Path, tasks: str | list[str], extra: dict[str, Any], env: dict[str, str] | None = None,
+          flags: tuple[str, ...] = ()) -> dict[str, Any]:
     inventory = tmp / "inventory"
     hosts = inventory / "hosts.yml" if inventory.exists() else make_inventory(inventory)
-    return run_playbook(APPLY, hosts, {"role": "pi_base", "tasks": tasks, **extra}, env=env)
+    return run_playbook(APPLY, hosts, {"role": "pi_base", "tasks": tasks, **extra}, *flags, env=env)
 
 
 def apply_boot(boot: Path, **extra: Any) -> dict[str, Any]:
@@ -225,6 +226,23 @@ def test_without_cloud_init_only_etc_hosts_is_edited(tmp_path: Path) -> None:
     assert not (tmp_path / "none").exists()
 
 
+DOCKER_MOUNTINFO = ("2474 2456 0:25 / / rw,relatime master:1 - overlay overlay rw\n"
+                    "2489 2474 8:1 /var/lib/docker/containers/0f3c/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n")
+
+
+@pytest.mark.parametrize(("mountinfo", "owned"), [
+    (DOCKER_MOUNTINFO, True),  # Docker's (and Podman's) own /etc/hostname: the host name is the runtime's
+    (DOCKER_MOUNTINFO.replace("/etc/hostname ", "/etc/hostname.old "), False),  # a Pi, or the simulated Pi's boot
+])
+def test_the_host_name_is_left_alone_only_where_a_runtime_mounts_etc_hostname(
+        tmp_path: Path, mountinfo: str, owned: bool) -> None:
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    report = apply(tmp_path, "detect.yml", {"pi_base_mountinfo_path": str(tmp_path / "mountinfo")})
+    assert report["returncode"] == 0, failures(report)
+    [detected] = [m for m in messages(report) if "page size" in m]
+    assert ("whose runtime owns the host name" in detected) is owned, detected
+
+
 def fake_tools(tmp: Path, **scripts: str) -> dict[str, str]:
     """Commands of a Pi (vcgencmd, journalctl...) as stand-in scripts first on PATH."""
     fake_bin = tmp / "bin"
@@ -256,7 +274,7 @@ def test_the_health_logger_logs_one_line_where_the_tools_are(tmp_path: Path) -> 
     assert bare.endswith("throttled=unknown\n")
 
 
-def hardware(tmp: Path, **present: bool) -> dict[str, Any]:
+def hardware(tmp: Path, extra: dict[str, Any] | None = None, flags: tuple[str, ...] = (), **present: bool) -> dict[str, Any]:
     """hardware.yml against stand-in tools and devices under tmp: each file exists only when named present."""
     paths = {"pi_base_vcgencmd": tmp / "vcgencmd", "pi_base_eeprom_update_command": tmp / "rpi-eeprom-update",
              "pi_base_watchdog_device": tmp / "watchdog", "pi_base_thermal_zone": tmp / "temp"}
@@ -269,14 +287,24 @@ def hardware(tmp: Path, **present: bool) -> dict[str, Any]:
     settings: dict[str, Any] = {name: str(path) for name, path in paths.items()}
     # No health-log timer: its units would go into this machine's systemd (molecule proves that part).
     settings |= {"pi_base_watchdog_conf_path": str(tmp / "50-pi5-watchdog.conf"), "pi_base_reboot": False,
-                 "pi_base_health_log_interval_min": 0}
-    return apply(tmp, ["detect.yml", "hardware.yml"], settings)
+                 "pi_base_health_log_interval_min": 0,
+                 # The checker system.yml installs on the Pi, from the checkout.
+                 "pi_base_config_test_command": str(ROOT / "roles" / "pi_base" / "files" / "pi5-config-test")}
+    return apply(tmp, ["detect.yml", "hardware.yml"], settings | (extra or {}), flags=flags)
 
 
 def test_each_pi_5_extra_is_skipped_cleanly_where_its_hardware_is_absent(tmp_path: Path) -> None:
     report = hardware(tmp_path)
     assert report["returncode"] == 0, failures(report)
     assert report["stats"]["preflight-target"]["changed"] == 0
+    assert not (tmp_path / "50-pi5-watchdog.conf").exists()
+
+
+def test_a_watchdog_drop_in_systemd_could_not_parse_is_never_written(tmp_path: Path) -> None:
+    report = hardware(tmp_path, {"pi_base_watchdog_conf": "RuntimeWatchdogSec=15\n"}, watchdog_device=True)
+    assert report["returncode"] != 0
+    assert any("no section headers" in str(result.get("msg", "")) + str(result.get("stderr", ""))
+               for _, result in results(report)), failures(report)
     assert not (tmp_path / "50-pi5-watchdog.conf").exists()
 
 
@@ -288,3 +316,58 @@ def test_the_watchdog_is_fed_and_an_eeprom_update_is_staged_where_present(tmp_pa
               and not result.get("skipped")]
     assert staged, "an available bootloader update was not staged"
     assert any("reboot the Pi yourself" in m for m in messages(report))
+
+
+def eeprom(tmp: Path, settings: str) -> dict[str, str]:
+    """rpi-eeprom-config as a stand-in: its EEPROM is a file under tmp, and each --apply is logged."""
+    (tmp / "eeprom.conf").write_text(settings)
+    tool = tmp / "rpi-eeprom-config"
+    tool.write_text(f"#!/bin/sh\ncase \"$1\" in\n  '') cat {tmp}/eeprom.conf ;;\n"
+                    f"  --apply) cat \"$2\" >{tmp}/eeprom.new && mv {tmp}/eeprom.new {tmp}/eeprom.conf; echo applied >>{tmp}/applied ;;\n"
+                    "  *) exit 2 ;;\nesac\n")
+    tool.chmod(0o755)
+    return {"pi_base_eeprom_config_command": str(tool)}
+
+
+FACTORY_EEPROM = "[all]\nBOOT_UART=1\nPOWER_OFF_ON_HALT=0\nBOOT_ORDER=0xf461\n"
+
+
+def test_an_nvme_data_disk_is_booted_first_and_once_set_left_alone(tmp_path: Path) -> None:
+    """BOOT_ORDER becomes NVMe, SD, USB (the other settings stay); the next run reads it and applies nothing."""
+    settings = eeprom(tmp_path, FACTORY_EEPROM) | {"pi_base_data_disk_source": "/dev/nvme0n1p1"}
+    first = hardware(tmp_path, settings)
+    assert first["returncode"] == 0, failures(first)
+    assert (tmp_path / "eeprom.conf").read_text() == "[all]\nBOOT_UART=1\nPOWER_OFF_ON_HALT=0\nBOOT_ORDER=0xf416\n"
+    assert any("reboot the Pi yourself" in m for m in messages(first))
+    second = hardware(tmp_path, settings)
+    assert second["returncode"] == 0, failures(second)
+    assert second["stats"]["preflight-target"]["changed"] == 0
+    assert (tmp_path / "applied").read_text() == "applied\n"
+
+
+def test_a_boot_order_the_settings_lack_is_added_under_all(tmp_path: Path) -> None:
+    settings = eeprom(tmp_path, "[all]\nBOOT_UART=1\n[gpio4=0]\nBOOT_ORDER_X=1\n")
+    report = hardware(tmp_path, settings | {"pi_base_data_disk_source": "/dev/disk/by-id/nvme-Samsung_SSD_980-part1"})
+    assert report["returncode"] == 0, failures(report)
+    assert (tmp_path / "eeprom.conf").read_text().endswith("[gpio4=0]\nBOOT_ORDER_X=1\n\n[all]\nBOOT_ORDER=0xf416\n")
+
+
+@pytest.mark.parametrize("extra", [
+    {"pi_base_data_disk_source": "/dev/sda1"},  # a USB disk: the card stays first
+    {"pi_base_data_disk_source": ""},  # no data disk
+    {"pi_base_data_disk_source": "/dev/nvme0n1p1", "pi_base_nvme_boot_order": ""},  # asked to leave it alone
+    {"pi_base_data_disk_source": "/dev/nvme0n1p1", "--check": True},  # check mode changes nothing
+])
+def test_the_boot_order_is_left_alone_unless_an_nvme_disk_asks_for_it(tmp_path: Path, extra: dict[str, Any]) -> None:
+    settings = eeprom(tmp_path, FACTORY_EEPROM) | {key: value for key, value in extra.items() if key != "--check"}
+    report = hardware(tmp_path, settings, ("--check",) if "--check" in extra else ())
+    assert report["returncode"] == 0, failures(report)
+    assert (tmp_path / "eeprom.conf").read_text() == FACTORY_EEPROM
+    assert not (tmp_path / "applied").exists()
+
+
+def test_without_rpi_eeprom_config_the_boot_order_is_skipped_cleanly(tmp_path: Path) -> None:
+    report = hardware(tmp_path, {"pi_base_data_disk_source": "/dev/nvme0n1p1",
+                                 "pi_base_eeprom_config_command": str(tmp_path / "absent")})
+    assert report["returncode"] == 0, failures(report)
+    assert report["stats"]["preflight-target"]["changed"] == 0

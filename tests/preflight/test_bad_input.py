@@ -113,6 +113,7 @@ CASES: dict[str, tuple[str, Case]] = {
     "an upgrade origin that ends the apt.conf string": (
         "pi_base_unattended_upgrades_origins", settings(pi_base_unattended_upgrades_origins=['origin=Evil";};APT::x "1'])),
     "two kernel flags in one": ("pi_base_cmdline_flags", settings(pi_base_cmdline_flags=["cgroup_enable=memory quiet"])),
+    "a boot order that is no hex number": ("pi_base_nvme_boot_order", settings(pi_base_nvme_boot_order="nvme,sd")),
     # The rules between roles (the preflight role's own).
     "read timeout below heartbeat": ("nginx_stream_read_timeout_s", settings(nginx_stream_read_timeout_s=30)),
     "keepalive longer than backend's": ("nginx_upstream_keepalive_timeout_s", settings(nginx_upstream_keepalive_timeout_s=90)),
@@ -218,6 +219,7 @@ def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:
             "pi_base_config_txt": ["dtparam=pciex1_gen=3", "[pi5]", "dtparam=fan_temp0=45000"],
             "pi_base_login_connection": "ssh", "ansible_user": "pi", "pi_base_hostname": "pi5",
             # Docker's data root on the data disk, with the classic store that keeps image layers there too.
-            "pi_base_data_disk_source": "UUID=0000", "docker_daemon_options": {"data-root": "/mnt/data/docker"}}
+            "pi_base_data_disk_source": "UUID=0000", "docker_daemon_options": {"data-root": "/mnt/data/docker"},
+            "pi_base_nvme_boot_order": "0xf461"}
     report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
     assert report["returncode"] == 0, failures(report)

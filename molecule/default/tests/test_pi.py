@@ -72,6 +72,12 @@ def test_the_pi_5_boot_paths_were_taken(host: Any) -> None:
 
 
 
+def test_the_bootloader_keeps_booting_the_card_first_without_an_nvme_data_disk(host: Any) -> None:
+    """The NVMe boot order is for a Pi whose data disk is NVMe; this one has none (rpi-eeprom-config is a stand-in)."""
+    with host.sudo():
+        assert "BOOT_ORDER=0xf461" in host.check_output("rpi-eeprom-config").splitlines()
+
+
 def test_power_and_heat_are_logged_to_the_journal_over_time(host: Any) -> None:
     """The Pi 5 extras where the tools are (the simulated Pi has Raspberry Pi OS's vcgencmd as a stand-in): a timer logs
     temperature and throttling, and the health report reads it back; no watchdog or Wi-Fi here, so none configured."""
@@ -83,6 +89,31 @@ def test_power_and_heat_are_logged_to_the_journal_over_time(host: Any) -> None:
     assert "temp_c=48.3 throttled=0x0" in logged
     assert not host.file("/etc/systemd/system.conf.d/50-pi5-watchdog.conf").exists
     assert not host.file("/etc/NetworkManager/conf.d/50-pi5-wifi-powersave.conf").exists
+
+
+def test_the_host_name_is_the_inventorys_and_resolves_locally(host: Any) -> None:
+    """The simulated Pi owns /etc/hostname and /etc/hosts as a Pi does (Raspberry Pi OS's stock ones name it
+    raspberrypi): the role renames it to its inventory name and 127.0.1.1 resolves that name, not the old one."""
+    name = host.backend.host
+    assert host.check_output("hostname") == name
+    assert host.file("/etc/hostname").content_string.strip() == name
+    hosts = host.file("/etc/hosts").content_string
+    assert f"127.0.1.1\t{name}\n" in hosts and "raspberrypi" not in hosts, hosts
+
+
+def test_trixies_first_boot_ran_raspberry_pi_imagers_cloud_init(host: Any) -> None:
+    """trixie's first boot is cloud-init with the NoCloud seed Imager writes on the boot partition: it installed
+    avahi-daemon (apt, while the role waited), made the user pi with Imager's key, and renders /etc/hosts itself."""
+    if host.system_info.codename != "trixie":
+        pytest.skip("Raspberry Pi OS bookworm configures its first boot with firstrun.sh, not cloud-init")
+    with host.sudo():
+        status = host.run("cloud-init status --long")
+        assert status.rc == 0 and "status: done" in status.stdout, status.stdout
+        assert "DataSourceNoCloud" in status.stdout and "/boot/firmware" in status.stdout, status.stdout
+        assert "imager@pi5-sim" in host.file("/home/pi/.ssh/authorized_keys").content_string
+    assert host.package("avahi-daemon").is_installed
+    assert "configured 'manage_etc_hosts' as True" in host.file("/etc/hosts").content_string
+    assert f"127.0.1.1\t{host.backend.host}\n" in host.file("/etc/cloud/templates/hosts.debian.tmpl").content_string
 
 
 def test_the_locale_is_set_through_trixies_link(host: Any) -> None:
@@ -125,6 +156,22 @@ def test_docker_engine_is_enabled_and_running(host: Any) -> None:
     docker = host.service("docker")
     assert docker.is_enabled
     assert docker.is_running
+
+
+def test_dockerd_starts_only_once_its_data_root_is_mounted(host: Any) -> None:
+    """A data root on a disk of its own (bookworm's Pi: the volume at /var/lib/docker stands in for the data disk):
+    systemd orders docker.service after that mount and requires it, so dockerd never starts on the card's empty
+    directory before a slow USB disk is there. Without a data root (trixie's Pi) there is no such drop-in."""
+    dropin = host.file("/etc/systemd/system/docker.service.d/50-pi5-data-root.conf")
+    shown = dict(line.split("=", 1) for line in host.check_output(
+        "systemctl show docker.service -p RequiresMountsFor -p After").splitlines())
+    if "data_root_on_a_mount" in host.ansible.get_variables()["group_names"]:
+        assert "RequiresMountsFor=/var/lib/docker" in dropin.content_string.splitlines()
+        assert shown["RequiresMountsFor"] == "/var/lib/docker"
+        assert "var-lib-docker.mount" in shown["After"].split()
+    else:
+        assert not dropin.exists
+        assert shown["RequiresMountsFor"] == ""
 
 
 def test_container_logs_are_rotated(host: Any) -> None:
@@ -419,6 +466,14 @@ def test_after_a_reboot_the_backend_is_healthy_and_a_run_changes_nothing(host: A
                     " 2>/dev/null | grep -qE '^(running|degraded)$' && break; sleep 1; done"], check=False, timeout=400)
     assert host.check_output("cut -d ' ' -f 22 /proc/1/stat") != before, "the simulated Pi did not reboot"
     assert wait_until_healthy(host) == "healthy"
+    if host.system_info.codename == "trixie":
+        # cloud-init ran in this boot (its /run is new) and rendered /etc/hosts again from its template.
+        with host.sudo():
+            assert host.run("cloud-init status --wait").rc == 0
+        assert host.file("/run/cloud-init/status.json").exists
+        assert "configured 'manage_etc_hosts' as True" in host.file("/etc/hosts").content_string
+    assert f"127.0.1.1\t{name}\n" in host.file("/etc/hosts").content_string
+    assert host.check_output("hostname") == name
     run = playbook(host, report=True)
     assert run.returncode == 0, run.stderr[-3000:]
     stats = json.loads(run.stdout)["stats"][name]
