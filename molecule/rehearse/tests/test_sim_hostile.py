@@ -356,8 +356,9 @@ def test_many_ipv6_addresses_of_one_64_are_one_client(pi: None, token: str, stac
     run = attack(stack, token, "chat_flood", {"prefix": IPV6_PREFIX, "sources": IPV6_ATTACKERS, "per_source": 1,
                                               "host": f"{IPV6_PREFIX}1", "headers": {"Authorization": f"Bearer {token}"}},
                  seconds=6)
+    # One client's share: the backend's chat burst (10) and rate (1/s) over the attack's length, plus a margin.
     judge(f"key flood: {IPV6_ATTACKERS} IPv6 addresses of one /64", stack, run, "the /64 is limited like one client",
-          lambda r: r.attack["statuses"].get("200", 0) <= 60)
+          lambda r: r.attack["statuses"].get("200", 0) <= 15 + r.attack["took_s"])
 
 
 @pytest.mark.parametrize("stack", STACKS)
