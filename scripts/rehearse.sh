@@ -10,6 +10,9 @@
 #   5. newer data on the Pi, then a second converge: it must change nothing and keep that data
 #   6. the guards on the Pi itself (molecule/rehearse/tests/test_sim_guards.py): firewall, SSH keys only,
 #      a broken sshd setting or firewall rule never goes live
+#   7. issue 13's hostile clients on that Pi (molecule/rehearse/tests/test_sim_hostile.py), each against the
+#      shipped settings and the old ones beside them, a legitimate client measured meanwhile
+#      (figures in .cache/hostile/figures.json)
 # Prints the time of each step and of the rebuild. REHEARSE_KEEP=1 keeps the Pi afterwards.
 set -euo pipefail
 
@@ -125,8 +128,11 @@ step "the newer data is still there, untouched" bash -c \
   "python3 '$data' snapshot '$instance' '$logs/threads.json' '$logs/final.json' && python3 '$data' compare '$logs/newer.json' '$logs/final.json'"
 step "guards on the Pi (firewall, SSH, broken configs never go live)" \
   env PI5_SIM_INSTANCE="$instance" pytest -q molecule/rehearse/tests/test_sim_guards.py
+step "hostile clients on the Pi, shipped and old settings (issue 13)" \
+  env PI5_SIM_INSTANCE="$instance" pytest -q molecule/rehearse/tests/test_sim_hostile.py
 
 echo
 echo "Rehearsal passed in $(clock "$started"):"
 printf '  %s\n' "${summary[@]}"
 echo "Rebuild (fresh Pi to verified stream with the data back): $rebuild_time"
+echo "Hostile clients' figures: .cache/hostile/figures.json"

@@ -205,6 +205,10 @@ def test_probe_lifetime_and_global_cap(guarded: BackendProcess) -> None:
             assert conn.status == 200
         status, headers = status_of(guarded.port, "/api/probe/stream?tokens=2&interval_ms=1")
         assert (status, headers.get("retry-after")) == (503, "5")
+        # Anonymous probes holding every place never shut out the owner's check (it carries the token).
+        assert status_of(guarded.port, "/api/probe/stream?tokens=2&interval_ms=1", AUTH)[0] == 200
+        assert status_of(guarded.port, "/api/probe/stream?tokens=2&interval_ms=1",
+                         {"Authorization": "Bearer not-the-token"})[0] == 503
     finally:
         for conn in held:
             conn.close()

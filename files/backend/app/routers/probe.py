@@ -8,6 +8,7 @@ from typing import Annotated, Self
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 
+from ..auth import authorized, bearer_token
 from ..probe import ProbeParams, probe_tokens
 from ..ratelimit import client_key, retry_after_seconds
 from ..sse import EventStreamResponse, openapi_sse_response
@@ -54,7 +55,7 @@ class ProbeQuery(BaseModel):
         **openapi_sse_response(DONE_DOC),
         422: {"description": "Bad parameters, or longer than BACKEND_PROBE_MAX_S"},
         429: {"description": "Rate limit (BACKEND_PROBE_RATE_PER_S per client) exceeded"},
-        503: {"description": "BACKEND_PROBE_MAX_STREAMS probes are already open"},
+        503: {"description": "BACKEND_PROBE_MAX_STREAMS probes are already open (never for the owner's token)"},
     },
 )
 async def probe_stream(
@@ -69,6 +70,26 @@ async def probe_stream(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"the probe would last longer than {settings.probe_max_s}s",
         )
+    # The owner's check (it carries the token) is never crowded out by anonymous probes holding the cap.
+    owner = not settings.auth_off and authorized(
+        settings, bearer_token(request.headers.get("authorization")), request.cookies
+    )
+    if not owner:
+        admit_anonymous_probe(request, state)
+    heartbeat_s = query.heartbeat_ms / 1000 if query.heartbeat_ms else state.settings.heartbeat_s
+    events = sse_stream(
+        probe_tokens(params),
+        thread_id=f"probe-{uuid.uuid4().hex[:12]}",
+        options=StreamOptions(heartbeat_s=heartbeat_s, split_multibyte=True),
+        shutdown=state.shutting_down,
+    )
+    return EventStreamResponse(
+        events, send_timeout_s=settings.send_timeout_s, on_close=None if owner else state.close_probe
+    )
+
+
+def admit_anonymous_probe(request: Request, state: AppState) -> None:
+    """A probe without the token: within its client's rate (429) and the global cap (503)."""
     wait_s = state.probe_limiter.acquire(client_key(request.client.host if request.client else None))
     if wait_s:
         raise HTTPException(
@@ -82,13 +103,3 @@ async def probe_stream(
             detail="too many probes open; try again shortly",
             headers={"Retry-After": "5"},
         )
-    heartbeat_s = query.heartbeat_ms / 1000 if query.heartbeat_ms else state.settings.heartbeat_s
-    events = sse_stream(
-        probe_tokens(params),
-        thread_id=f"probe-{uuid.uuid4().hex[:12]}",
-        options=StreamOptions(heartbeat_s=heartbeat_s, split_multibyte=True),
-        shutdown=state.shutting_down,
-    )
-    return EventStreamResponse(
-        events, send_timeout_s=settings.send_timeout_s, on_close=state.close_probe
-    )
