@@ -134,6 +134,7 @@ CASES: dict[str, tuple[str, Case]] = {
     "file handles below connections": ("backend_nofile", settings(backend_max_connections=4096, backend_nofile=4096)),
     "connection limit out of range": ("backend_max_connections", settings(backend_max_connections=0)),
     "pids limit out of range": ("backend_pids_limit", settings(backend_pids_limit=4)),
+    "backend bound to every address of the Pi": ("backend_env", settings(backend_env={"BACKEND_HOST": "0.0.0.0"})),  # noqa: S104 (the hostile setting)
     "Redis memory out of range": ("redis_maxmemory_mb", settings(redis_maxmemory_mb=1)),
     "ACL rule that writes a config line of its own": ("redis_acl_rules", settings(redis_acl_rules=["+@all\nrequirepass x"])),
     "ACL rule that drops the password": ("redis_acl_rules", settings(redis_acl_rules=["~*", "+@all", "nopass"])),

@@ -166,8 +166,9 @@ def test_firewall_drops_by_default_and_leaves_dockers_tables_alone(host: Any) ->
     assert "hook forward" not in ours.stdout
     allowed = re.search(r"tcp dport \{ ([0-9, ]+) \}", ours.stdout)
     assert allowed and {int(p) for p in allowed.group(1).split(",")} == {22, 80, 443}
-    # The backend's published port still goes through Docker's own NAT table.
-    assert f"dport {BACKEND_PORT}" in host.run("nft list table ip nat").stdout
+    # The backend is on the host's network: no published port, so no NAT rule for it and no docker-proxy.
+    assert f"dport {BACKEND_PORT}" not in host.run("nft list table ip nat").stdout
+    assert host.run("pgrep -x docker-proxy").rc == 1
 
 
 def test_journal_is_capped_to_spare_the_sd_card(host: Any) -> None:
@@ -333,9 +334,14 @@ def test_backend_container_reports_healthy(host: Any) -> None:
     assert wait_until_healthy(host) == "healthy"
 
 
-def test_backend_is_published_on_loopback_7776_only(backend_inspect: dict[str, Any]) -> None:
-    bindings = backend_inspect["HostConfig"]["PortBindings"]
-    assert bindings == {f"{BACKEND_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(BACKEND_PORT)}]}
+def test_backend_runs_on_the_hosts_network_with_no_published_port(backend_inspect: dict[str, Any]) -> None:
+    """No docker-proxy between nginx and the backend (roles/backend/README.md), hardening kept."""
+    hostcfg = backend_inspect["HostConfig"]
+    assert hostcfg["NetworkMode"] == "host"
+    assert not hostcfg["PortBindings"]
+    assert hostcfg["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hostcfg["SecurityOpt"]
+    env = dict(item.split("=", 1) for item in backend_inspect["Config"]["Env"])
+    assert env["BACKEND_HOST"] == "127.0.0.1"
 
 
 def test_nothing_listens_on_the_backend_port_beyond_loopback(host: Any) -> None:
@@ -343,6 +349,24 @@ def test_nothing_listens_on_the_backend_port_beyond_loopback(host: Any) -> None:
     local = [line.split()[3] for line in listeners]
     assert local, f"nothing listens on :{BACKEND_PORT}"
     assert all(addr.startswith("127.0.0.1:") for addr in local), local
+    assert answers_on(host, "127.0.0.1", BACKEND_PORT)
+    assert not answers_on(host, pi_address(host), BACKEND_PORT), "the backend answers on the Pi's LAN address"
+
+
+def test_the_address_check_sees_a_server_listening_on_every_address(host: Any) -> None:
+    """The broken case of the checks above: a server on 0.0.0.0 answers on the Pi's address, one on loopback does not."""
+    with host.sudo():
+        host.run("nohup python3 -m http.server 7797 --bind 0.0.0.0 >/dev/null 2>&1 & "
+                 "nohup python3 -m http.server 7798 --bind 127.0.0.1 >/dev/null 2>&1 &")
+    try:
+        host.run("for i in $(seq 40); do curl -fs -o /dev/null http://127.0.0.1:7797/ && curl -fs -o /dev/null"
+                 " http://127.0.0.1:7798/ && break; sleep 0.25; done")
+        address = pi_address(host)
+        assert answers_on(host, address, 7797)
+        assert not answers_on(host, address, 7798)
+    finally:
+        with host.sudo():
+            host.run("pkill -f 'http.server 779[78]'")
 
 
 def test_backend_answers_health_on_7776(host: Any) -> None:
