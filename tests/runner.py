@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "site.yml"
 HOST = "preflight-target"
 TEST_TOKEN = "test-only-token"
+TEST_REDIS_PASSWORD = "test-only-redis-password"
 HOSTS = f"""\
 all:
   children:
@@ -35,6 +36,9 @@ def make_inventory(directory: Path, vault: str = "") -> Path:
     shutil.copy(ROOT / "inventory" / "group_vars" / "all" / "main.yml", directory / "group_vars" / "all" / "main.yml")
     # The backend requires a token: a stand-in vault gives one unless the test brings its own.
     (directory / "group_vars" / "all" / "vault.yml").write_text(vault or f"vault_backend_auth_token: {TEST_TOKEN}\n")
+    # Redis requires a password too: a file of its own, so a test's vault (even one encrypted whole) stays as written.
+    if "vault_redis_password" not in vault:
+        (directory / "group_vars" / "all" / "vault_redis.yml").write_text(f"vault_redis_password: {TEST_REDIS_PASSWORD}\n")
     hosts = directory / "hosts.yml"
     hosts.write_text(HOSTS)
     return hosts

@@ -167,7 +167,7 @@ class Probe:
 
     def refresh(self) -> None:
         self.nginx = _pids_named("nginx: worker process")
-        # Docker's userland proxy relays 127.0.0.1:7776 to the container: both paths cross it.
+        # Docker's userland proxy, if the backend's port is published (none since the backend is on the host's network).
         self.docker_proxy = _pids_named("/usr/sbin/docker-proxy") + _pids_named("/usr/bin/docker-proxy")
         self.backend = backend_pids(self.backend_container)
         self.watched = {name: _pids_named(prefix) for name, prefix in self.watch.items()}

@@ -92,8 +92,8 @@ def test_paths_are_seen_as_they_are_not_as_they_point(tmp_path: Path) -> None:
 
 def test_users_carry_their_groups() -> None:
     root = host_state.user_state("root")
-    assert root["exists"] and root["uid"] == 0 and "root" in root["groups"]
-    assert host_state.user_state("no-such-user-here") == {"exists": False, "uid": None, "home": None, "groups": []}
+    assert root["exists"] and root["uid"] == 0 and root["gid"] == 0 and "root" in root["groups"]
+    assert host_state.user_state("no-such-user-here") == {"exists": False, "uid": None, "gid": None, "home": None, "groups": []}
 
 
 def test_the_module_reads_this_machine_in_one_call(tmp_path: Path) -> None:

@@ -79,6 +79,8 @@ CASES: dict[str, tuple[str, Case]] = {
     "unknown restart policy": ("backend_restart_policy", settings(backend_restart_policy="sometimes")),
     "unknown swap policy": ("pi_base_swap", settings(pi_base_swap="file")),
     "journal size not a number": ("pi_base_journal_max_use_mb", settings(pi_base_journal_max_use_mb="lots")),
+    "eviction policy that could drop a reply in progress": ("redis_maxmemory_policy", settings(redis_maxmemory_policy="allkeys-lru")),
+    "Redis memory not a number": ("redis_maxmemory_mb", settings(redis_maxmemory_mb="lots")),
     "restore switch not a bool": ("backup_restore_missing_data", settings(backup_restore_missing_data="sometimes")),
     # Each role's own rules.
     "port out of range": ("backend_port", settings(backend_port=70000)),
@@ -137,11 +139,22 @@ CASES: dict[str, tuple[str, Case]] = {
     "file handles below connections": ("backend_nofile", settings(backend_max_connections=4096, backend_nofile=4096)),
     "connection limit out of range": ("backend_max_connections", settings(backend_max_connections=0)),
     "pids limit out of range": ("backend_pids_limit", settings(backend_pids_limit=4)),
+    "backend bound to every address of the Pi": ("backend_env", settings(backend_env={"BACKEND_HOST": "0.0.0.0"})),  # noqa: S104 (the hostile setting)
+    "Redis memory out of range": ("redis_maxmemory_mb", settings(redis_maxmemory_mb=1)),
+    "ACL rule that writes a config line of its own": ("redis_acl_rules", settings(redis_acl_rules=["+@all\nrequirepass x"])),
+    "ACL rule that drops the password": ("redis_acl_rules", settings(redis_acl_rules=["~*", "+@all", "nopass"])),
+    "ACL rule that adds a password": ("redis_acl_rules", settings(redis_acl_rules=["~*", "+@all", ">guessme"])),
+    "Redis data off the data disk": ("redis_dir", settings(pi_base_data_disk_source="UUID=0000")),
     # Secrets and who may chat.
     "vault value without the vault password": ("vault_backend_auth_token", lambda t: ({}, encrypted_value(t, "vault_backend_auth_token"))),
     "no auth token": ("backend_auth_token", lambda _: ({}, 'vault_backend_auth_token: ""\n')),
     "auth token of spaces": ("backend_auth_token", lambda _: ({}, 'vault_backend_auth_token: "   "\n')),
     "auth token with a trailing space": ("backend_auth_token", lambda _: ({}, 'vault_backend_auth_token: "tok "\n')),
+    "no Redis password": ("redis_password", lambda _: ({}, 'vault_backend_auth_token: tok\nvault_redis_password: ""\n')),
+    "Redis password missing from the vault": (
+        "redis_password", lambda _: ({}, "vault_backend_auth_token: tok\n# no vault_redis_password here\n")),
+    "Redis password of spaces": ("redis_password", lambda _: ({}, f'vault_backend_auth_token: tok\nvault_redis_password: "{" " * 20}"\n')),
+    "short Redis password": ("redis_password", lambda _: ({}, "vault_backend_auth_token: tok\nvault_redis_password: short\n")),
     "auth off with a token": ("backend_auth_off", settings(backend_auth_off=True)),
     "anthropic with auth off": (
         "backend_auth_token",
@@ -208,7 +221,7 @@ def test_the_shipped_settings_pass_the_preflight(tmp_path: Path) -> None:
     assert report["returncode"] == 0, failures(report)
     assert report["stats"][HOST]["changed"] == 0
     checked = [task_role(task) for task, _ in results(report) if "arg spec 'preflight'" in str(task["task"]["name"])]
-    assert sorted(checked) == ["backend", "backup", "docker", "nginx", "pi_base"]
+    assert sorted(checked) == ["backend", "backup", "docker", "nginx", "pi_base", "redis"]
 
 
 def test_auth_off_by_name_passes_the_preflight(tmp_path: Path) -> None:
@@ -225,6 +238,8 @@ def test_good_base_settings_pass_the_preflight(tmp_path: Path) -> None:
             "pi_base_login_connection": "ssh", "ansible_user": "pi", "pi_base_hostname": "pi5",
             # Docker's data root on the data disk, with the classic store that keeps image layers there too.
             "pi_base_data_disk_source": "UUID=0000", "docker_daemon_options": {"data-root": "/mnt/data/docker"},
-            "pi_base_nvme_boot_order": "0xf461"}
+            "pi_base_nvme_boot_order": "0xf461",
+            # Redis's snapshot on the data disk too.
+            "redis_dir": "/mnt/data/redis"}
     report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
     assert report["returncode"] == 0, failures(report)

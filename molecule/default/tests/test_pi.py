@@ -22,6 +22,9 @@ CERT = "/etc/nginx/pi5-tls/cert.pem"  # the self-signed certificate the nginx ro
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
 # The simulated Pis' chat token (molecule/resources/group_vars/pi5.yml makes it once).
 TOKEN = (PROJECT / ".cache" / "sim-auth-token").read_text().split()[0] if (PROJECT / ".cache" / "sim-auth-token").exists() else ""
+REDIS_PORT = 6379  # inventory/group_vars/all/main.yml
+REDIS_DIR = "/var/lib/pi5-redis"  # molecule/resources/group_vars/pi5.yml: not Debian's default, on purpose
+REDIS_PASSWORD_FILE = PROJECT / ".cache" / "sim-redis-password"
 
 
 def stream_check(host: Any, http_version: str = "2", **options: Any) -> dict[str, Any]:
@@ -58,6 +61,29 @@ def wait_until_healthy(host: Any, timeout_s: int = 120) -> str:
         return host.check_output(  # type: ignore[no-any-return]
             f"for i in $(seq {timeout_s}); do s=$(docker inspect -f '{{{{.State.Health.Status}}}}' backend 2>/dev/null);"
             " case $s in healthy|unhealthy) break;; esac; sleep 1; done; echo $s")
+
+
+def pi_address(host: Any) -> str:
+    """The Pi's own address on its network (what another machine on the LAN connects to)."""
+    return host.check_output("ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -n1")  # type: ignore[no-any-return]
+
+
+def answers_on(host: Any, address: str, port: int) -> bool:
+    """Whether something accepts TCP on address:port, asked from the Pi itself (the firewall lets its own traffic in:
+    a refusal means nothing listens there, whatever the firewall would do)."""
+    return host.run(f"timeout 3 bash -c '</dev/tcp/{address}/{port}'").rc == 0  # type: ignore[no-any-return]
+
+
+def redis_cli(host: Any, *args: str, password: str | None = None) -> str:
+    """redis-cli on the Pi, with the password in its environment (never on the command line); what it printed."""
+    auth = f"REDISCLI_AUTH='{password}' " if password is not None else ""
+    run = host.run(f"{auth}redis-cli --no-auth-warning -h 127.0.0.1 -p {REDIS_PORT} {' '.join(args)}")
+    return f"{run.stdout}{run.stderr}".strip()
+
+
+@pytest.fixture
+def redis_password() -> str:
+    return REDIS_PASSWORD_FILE.read_text().split()[0]
 
 
 # --- Base system (pi_base) --------------------------------------------------
@@ -140,8 +166,9 @@ def test_firewall_drops_by_default_and_leaves_dockers_tables_alone(host: Any) ->
     assert "hook forward" not in ours.stdout
     allowed = re.search(r"tcp dport \{ ([0-9, ]+) \}", ours.stdout)
     assert allowed and {int(p) for p in allowed.group(1).split(",")} == {22, 80, 443}
-    # The backend's published port still goes through Docker's own NAT table.
-    assert f"dport {BACKEND_PORT}" in host.run("nft list table ip nat").stdout
+    # The backend is on the host's network: no published port, so no NAT rule for it and no docker-proxy.
+    assert f"dport {BACKEND_PORT}" not in host.run("nft list table ip nat").stdout
+    assert host.run("pgrep -x docker-proxy").rc == 1
 
 
 def test_journal_is_capped_to_spare_the_sd_card(host: Any) -> None:
@@ -215,6 +242,82 @@ def test_unattended_upgrades_take_the_raspberry_pi_archive_and_dockers(host: Any
     assert f"o=Raspberry Pi Foundation,a={codename},n={codename},l=Raspberry Pi Foundation" in host.check_output("apt-cache policy")
 
 
+# --- Redis ------------------------------------------------------------------
+
+def test_redis_is_enabled_running_and_answers_with_the_password_only(host: Any, redis_password: str) -> None:
+    assert host.service("redis-server").is_enabled
+    assert host.service("redis-server").is_running
+    assert redis_cli(host, "ping", password=redis_password) == "PONG"
+    assert redis_cli(host, "ping").startswith("NOAUTH")
+    assert "WRONGPASS" in redis_cli(host, "ping", password="not-" + redis_password)
+
+
+def test_redis_refuses_dangerous_commands_even_with_the_password(host: Any, redis_password: str) -> None:
+    """A backend that is taken over cannot wipe, reconfigure or crash Redis, nor watch every reply."""
+    for command in ("flushall", "config get dir", "keys '*'", "shutdown nosave", "monitor", "client list", "acl list"):
+        assert redis_cli(host, command, password=redis_password).startswith("NOPERM"), command
+    # DEBUG: Redis 7 refuses it to every client before the ACL is asked (enable-debug-command no).
+    assert redis_cli(host, "debug sleep 0", password=redis_password).startswith(("NOPERM", "ERR DEBUG command not allowed"))
+    # What the app and a person need still works.
+    assert redis_cli(host, "set pi5:probe ok ex 60", password=redis_password) == "OK"
+    assert "redis_version:" in redis_cli(host, "info server", password=redis_password)
+
+
+def test_redis_listens_on_loopback_only(host: Any) -> None:
+    listeners = [line.split()[3] for line in host.check_output(f"ss -Hltn 'sport = :{REDIS_PORT}'").splitlines()]
+    assert listeners, f"nothing listens on :{REDIS_PORT}"
+    assert all(addr.startswith(("127.0.0.1:", "[::1]:")) for addr in listeners), listeners
+    assert not answers_on(host, pi_address(host), REDIS_PORT)
+
+
+def test_redis_memory_is_capped_without_eviction_and_its_data_is_in_its_dir(host: Any, redis_password: str) -> None:
+    memory = dict(line.split(":", 1) for line in redis_cli(host, "info memory", password=redis_password).splitlines() if ":" in line)
+    assert memory["maxmemory"].strip() == str(128 * 1024 * 1024)
+    assert memory["maxmemory_policy"].strip() == "noeviction"
+    with host.sudo():
+        assert host.check_output("readlink /proc/$(systemctl show -p MainPID --value redis-server)/cwd") == REDIS_DIR
+    directory = host.file(REDIS_DIR)
+    assert (directory.user, directory.group, directory.mode) == ("redis", "redis", 0o750)
+
+
+def test_redis_keeps_its_data_across_a_restart_through_one_snapshot(host: Any, redis_password: str) -> None:
+    """shutdown-on-sigterm save: an upgrade or a clean reboot keeps replies in flight; nothing is written while running."""
+    assert redis_cli(host, "set pi5:survives yes ex 300", password=redis_password) == "OK"
+    with host.sudo():
+        host.check_output("systemctl restart redis-server")
+    host.run(f"for i in $(seq 30); do REDISCLI_AUTH='{redis_password}' redis-cli --no-auth-warning -p {REDIS_PORT} ping"
+             " | grep -q PONG && break; sleep 1; done")
+    assert redis_cli(host, "get pi5:survives", password=redis_password) == "yes"
+    assert host.file(f"{REDIS_DIR}/dump.rdb").exists
+    persistence = redis_cli(host, "info persistence", password=redis_password)
+    assert "aof_enabled:0" in persistence
+
+
+def test_redis_config_is_readable_by_redis_only_and_holds_no_plain_password(host: Any, redis_password: str) -> None:
+    config = host.file("/etc/redis/pi5.conf")
+    assert (config.user, config.group, config.mode) == ("root", "redis", 0o640)
+    with host.sudo():
+        assert redis_password not in config.content_string
+    # Debian's own file is as shipped (security updates never stop at a conffile prompt).
+    assert host.run("dpkg --verify redis-server").stdout.strip() == ""
+
+
+def test_a_config_redis_refuses_never_goes_live(host: Any) -> None:
+    """The role's validate: a check that starts redis-server on the candidate, on a private socket."""
+    with host.sudo():
+        good = host.run("/usr/local/sbin/pi5-redis-check-config /etc/redis/pi5.conf")
+        host.check_output("sed 's/^maxmemory-policy .*/maxmemory-policy sometimes/' /etc/redis/pi5.conf > /tmp/bad-policy.conf")
+        host.check_output("sed 's/^user default .*/& +nosuchcommand/' /etc/redis/pi5.conf > /tmp/bad-acl.conf")
+        bad_policy = host.run("/usr/local/sbin/pi5-redis-check-config /tmp/bad-policy.conf")
+        bad_acl = host.run("/usr/local/sbin/pi5-redis-check-config /tmp/bad-acl.conf")
+        host.run("rm -f /tmp/bad-policy.conf /tmp/bad-acl.conf")
+    assert good.rc == 0, good.stderr
+    assert bad_policy.rc != 0 and "maxmemory-policy" in bad_policy.stderr
+    assert bad_acl.rc != 0 and "nosuchcommand" in bad_acl.stderr
+    # The live Redis was never touched by the checks.
+    assert host.service("redis-server").is_running
+
+
 # --- Backend ----------------------------------------------------------------
 
 def test_backend_container_is_hardened_and_restarts(backend_inspect: dict[str, Any]) -> None:
@@ -231,9 +334,14 @@ def test_backend_container_reports_healthy(host: Any) -> None:
     assert wait_until_healthy(host) == "healthy"
 
 
-def test_backend_is_published_on_loopback_7776_only(backend_inspect: dict[str, Any]) -> None:
-    bindings = backend_inspect["HostConfig"]["PortBindings"]
-    assert bindings == {f"{BACKEND_PORT}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(BACKEND_PORT)}]}
+def test_backend_runs_on_the_hosts_network_with_no_published_port(backend_inspect: dict[str, Any]) -> None:
+    """No docker-proxy between nginx and the backend (roles/backend/README.md), hardening kept."""
+    hostcfg = backend_inspect["HostConfig"]
+    assert hostcfg["NetworkMode"] == "host"
+    assert not hostcfg["PortBindings"]
+    assert hostcfg["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hostcfg["SecurityOpt"]
+    env = dict(item.split("=", 1) for item in backend_inspect["Config"]["Env"])
+    assert env["BACKEND_HOST"] == "127.0.0.1"
 
 
 def test_nothing_listens_on_the_backend_port_beyond_loopback(host: Any) -> None:
@@ -241,6 +349,24 @@ def test_nothing_listens_on_the_backend_port_beyond_loopback(host: Any) -> None:
     local = [line.split()[3] for line in listeners]
     assert local, f"nothing listens on :{BACKEND_PORT}"
     assert all(addr.startswith("127.0.0.1:") for addr in local), local
+    assert answers_on(host, "127.0.0.1", BACKEND_PORT)
+    assert not answers_on(host, pi_address(host), BACKEND_PORT), "the backend answers on the Pi's LAN address"
+
+
+def test_the_address_check_sees_a_server_listening_on_every_address(host: Any) -> None:
+    """The broken case of the checks above: a server on 0.0.0.0 answers on the Pi's address, one on loopback does not."""
+    with host.sudo():
+        host.run("nohup python3 -m http.server 7797 --bind 0.0.0.0 >/dev/null 2>&1 & "
+                 "nohup python3 -m http.server 7798 --bind 127.0.0.1 >/dev/null 2>&1 &")
+    try:
+        host.run("for i in $(seq 40); do curl -fs -o /dev/null http://127.0.0.1:7797/ && curl -fs -o /dev/null"
+                 " http://127.0.0.1:7798/ && break; sleep 0.25; done")
+        address = pi_address(host)
+        assert answers_on(host, address, 7797)
+        assert not answers_on(host, address, 7798)
+    finally:
+        with host.sudo():
+            host.run("pkill -f 'http.server 779[78]'")
 
 
 def test_backend_answers_health_on_7776(host: Any) -> None:
@@ -435,7 +561,7 @@ def test_a_warm_run_writes_nothing_and_reads_each_role_once(host: Any) -> None:
     assert [name for name, action in ran if action in WRITERS] == []
     reads = [name.split(" : ")[0] for name, action in ran if action == "pi5.streaming.host_state"]
     # One read per role, the preflight's look at the time zone and keys, and the health report at the end.
-    assert sorted(reads) == ["backend", "docker", "nginx", "pi_base", "pi_base", "pi_base"]
+    assert sorted(reads) == ["backend", "docker", "nginx", "pi_base", "pi_base", "pi_base", "redis"]
 
 
 def test_check_mode_shows_the_change_and_changes_nothing(host: Any) -> None:

@@ -94,7 +94,7 @@ paths:
   returned: always
   sample: {/etc/nginx/pi5-tls: {exists: true, type: directory, mode: "0700", uid: 0, gid: 0, size: 4096, target: null, sha256: null}}
 users:
-  description: For each user, whether it exists, its uid, home and groups (primary and supplementary).
+  description: For each user, whether it exists, its uid, primary gid, home and groups (primary and supplementary).
   type: dict
   returned: always
 read:
@@ -183,11 +183,11 @@ def user_state(name: str) -> dict[str, Any]:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        return {"exists": False, "uid": None, "home": None, "groups": []}
+        return {"exists": False, "uid": None, "gid": None, "home": None, "groups": []}
     groups = {group.gr_name for group in grp.getgrall() if name in group.gr_mem}
     with contextlib.suppress(KeyError):
         groups.add(grp.getgrgid(entry.pw_gid).gr_name)
-    return {"exists": True, "uid": entry.pw_uid, "home": entry.pw_dir, "groups": sorted(groups)}
+    return {"exists": True, "uid": entry.pw_uid, "gid": entry.pw_gid, "home": entry.pw_dir, "groups": sorted(groups)}
 
 
 def read_text(path: str) -> str | None:
