@@ -121,10 +121,11 @@ def start_old_stack(token: str) -> None:
         subprocess.run(["docker", "exec", "-i", INSTANCE, "sh", "-c", f"cat >{OLD_DIR}/{name}"], input=text, text=True, check=True)
     env = {k: v for k, v in (e.split("=", 1) for e in live["Config"]["Env"]) if k.startswith("BACKEND_")}
     env.pop("BACKEND_AUTH_TOKEN", None)
-    env |= OLD_BACKEND_ENV
+    # Beside the shipped backend on the host's network (as site.yml runs it), on its own loopback port.
+    env |= OLD_BACKEND_ENV | {"BACKEND_PORT": str(OLD.backend_port)}
     assert token not in json.dumps(env)
     sh("docker rm -f backend-old >/dev/null 2>&1", check=False)
-    on_pi("docker", "run", "-d", "--name", "backend-old", "-p", "127.0.0.1:7777:7776", "--user", live["Config"]["User"],
+    on_pi("docker", "run", "-d", "--name", "backend-old", "--network", "host", "--user", live["Config"]["User"],
           "--memory", f"{live['HostConfig']['Memory']}", "--memory-swap", f"{live['HostConfig']['Memory']}",
           "-v", f"{OLD_DIR}/data:/data", "--read-only", "--tmpfs", "/tmp:size=16m", "--init",
           *(f"--env={k}={v}" for k, v in env.items()), live["Config"]["Image"])
