@@ -126,3 +126,18 @@ def roles_run(report: dict[str, Any]) -> set[str]:
 def messages(report: dict[str, Any]) -> list[str]:
     """Every msg a task result carried (debug output included), as text."""
     return [json.dumps(result.get("msg", "")) for _, result in results(report)]
+
+
+def render_role_var(tmp: Path, role: str, name: str, inputs: dict[str, Any]) -> Any:
+    """One variable of a role (its defaults, then its vars/main.yml) as Ansible renders it, given ``inputs``
+    (what its host_state read, shared settings...) as extra vars."""
+    files = [ROOT / "roles" / role / part / "main.yml" for part in ("defaults", "vars")]
+    playbook = tmp / "render.yml"
+    playbook.write_text(json.dumps([{
+        "name": "Render one role variable", "hosts": "all", "gather_facts": False,
+        "vars_files": [str(f) for f in files if f.exists()],
+        "tasks": [{"name": "Show it", "ansible.builtin.debug": {"msg": f"{{{{ {name} }}}}"}}],
+    }]))
+    report = run_playbook(playbook, make_inventory(tmp / "inventory"), inputs)
+    assert report["returncode"] == 0, report["stderr"][-3000:]
+    return json.loads(messages(report)[0])

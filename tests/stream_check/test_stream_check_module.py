@@ -76,6 +76,19 @@ class TestMain:
         assert [hop["verdict"] for hop in result["hops"]] == ["incremental", "stale_config"]
         assert result["table"].splitlines()[-1].startswith("=> stale_config at nginx")
 
+    def test_a_credential_header_is_sent_but_never_shown(
+        self, server: SseServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The role's post-reload check carries the backend's token: it must reach the server and stay out of logs."""
+        token = "s3cret-probe-token-0123456789"
+        hops = [{"name": "backend", "url": server.url("/stream?n=8&interval_ms=10"),
+                 "headers": {"Authorization": f"Bearer {token}"}}]
+        result = run_main({"hops": hops, "headers": {"Cookie": f"session={token}x"}, "max_time": 5}, capsys)
+        assert result["incremental"] is True, result.get("msg", result)
+        assert server.seen[-1].headers["authorization"] == f"Bearer {token}"
+        assert token not in json.dumps(result)
+        assert result["invocation"]["module_args"]["hops"][0]["headers"]["Authorization"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+
     def test_check_mode_still_checks(self, server: SseServer, capsys: pytest.CaptureFixture[str]) -> None:
         args = {"url": server.url("/burst?n=6&interval_ms=10"), "_ansible_check_mode": True}
         result = run_main(args, capsys)

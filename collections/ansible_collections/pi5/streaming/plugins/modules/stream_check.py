@@ -508,6 +508,21 @@ def run(params: dict[str, Any]) -> CheckResult | HopsResult:
     return check(hops, stop_on_failure=params["stop_on_failure"])
 
 
+# Request headers that carry a credential: their values never appear in the module's output or logs.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def secret_header_values(params: dict[str, Any]) -> set[str]:
+    """The values (and, for ``Scheme credentials``, the credentials alone) of SECRET_HEADERS in every hop."""
+    found: set[str] = set()
+    for headers in [params.get("headers")] + [hop.get("headers") for hop in params.get("hops") or []]:
+        for name, value in (headers or {}).items():
+            if name.lower() in SECRET_HEADERS and str(value).strip():
+                found.add(str(value))
+                found.update(part for part in str(value).split(None, 1)[1:] if part.strip())
+    return found
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -516,6 +531,7 @@ def main() -> None:
         # Read-only: the check runs in check mode as well.
         supports_check_mode=True,
     )
+    module.no_log_values.update(secret_header_values(module.params))
     try:
         outcome = run(module.params)
     except StreamCheckError as exc:
