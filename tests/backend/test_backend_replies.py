@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import signal
@@ -24,7 +25,7 @@ import redis
 from app.delivery import WORKER_GONE
 from app.replies import UNAVAILABLE, ReplyQueue, lease_key, meta_key, reply_key
 from app.settings import Settings
-from app.worker import TAKEN, ReplyWriter
+from app.worker import GONE, TAKEN, ReplyWriter
 from tests.backend.backend_client import Block, SSEConnection, events, get_json, post_json
 from tests.backend.backend_harness import BACKEND_DIR, BackendProcess, Spawner, clean_env
 from tests.redis_server import RedisServer
@@ -175,6 +176,16 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
     # A second client on the same reply reads the same end: there is one done, in Redis.
     with SSEConnection(backend.port, "GET", conn.headers["content-location"]) as replay:
         assert [b.raw for b in events(replay.read_all())] == [b.raw for b in evts]
+    # The next worker lets go of the dead one's job, and takes new ones.
+    backend.start_worker()
+    db = store(backend)
+    deadline = time.monotonic() + 6
+    while db.xpending("pi5:jobs", "workers")["pending"]:
+        assert time.monotonic() < deadline, "the dead worker's job stayed pending"
+        time.sleep(0.1)
+    assert db.xlen("pi5:jobs") == 0
+    with post_json(backend.port, "/api/chat/message", {"message": "next", "threadId": "killed"}) as after:
+        assert events(after.read_all())[-1].data["type"] == "done"
 
 
 def test_redis_down_is_a_clear_503_and_back_needs_no_one(spawn: Spawner) -> None:
@@ -223,6 +234,26 @@ def test_an_open_stream_ends_with_an_error_after_a_long_outage(spawn: Spawner) -
     assert "done" not in [e.data["type"] for e in events(head) + events(rest)]
     assert any(b.comment == "keepalive" for b in rest if b.is_comment), "the client was kept while Redis was away"
     assert 0.9 < took < 5
+
+
+def test_a_reply_lost_with_a_redis_restart_answers_expired(spawn: Spawner) -> None:
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="50", BACKEND_WORKER_LEASE_MS="1000",
+                    BACKEND_HEARTBEAT_S="0.2").start().wait_ready()  # fmt: skip
+    with post_json(backend.port, "/api/chat/message", {"message": LONG, "threadId": "lost"}) as conn:
+        head = events(read_until_token(conn, 2))
+        backend.redis.stop()
+        backend.redis.start()  # nothing saved: the reply, its meta and the queue are gone
+        rest = events(conn.read_all())
+    assert [e.data["type"] for e in rest][-1] == "expired"
+    assert "id" not in rest[-1].fields
+    assert [e.id for e in head + rest[:-1]] == list(range(1, len(head) + len(rest))), "no id twice"
+    deadline = time.monotonic() + 5
+    thread = backend.data_dir / "threads" / "lost.jsonl"
+    while "assistant" not in thread.read_text():  # the worker noticed, stopped, and stored it
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stored = json.loads(thread.read_text().splitlines()[-1])
+    assert (stored["status"], stored["error"]) == ("interrupted", GONE)
 
 
 def test_two_processes_serve_one_port(spawn: Spawner) -> None:

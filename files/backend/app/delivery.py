@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from redis.exceptions import RedisError
 
-from .replies import DONE_PREFIX, Meta, ReplyQueue, reply_key
+from .replies import DONE_PREFIX, Meta, QueueUnavailableError, ReplyQueue, reply_key
 from .sse import KEEPALIVE, OPEN, event_json, frame, now_ms
 from .streaming import StreamResult
 
@@ -102,6 +102,10 @@ class Hub:
                 await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                 failures += 1
                 continue
+            except Exception:  # a bug must not leave every delivery of this process waiting forever
+                log.exception("hub read failed")
+                await asyncio.sleep(BACKOFF_S[-1])
+                continue
             if self.down_since is not None:
                 log.info("redis is back")
             self.down_since, failures = None, 0
@@ -153,7 +157,9 @@ async def deliver(
                     return
                 if now - quiet_since >= options.lease_s and hub.down_since is None:
                     quiet_since = now
-                    await _rescue_if_abandoned(hub.queue, reply, meta, options)
+                    if await _gone_or_rescued(hub.queue, reply, meta, options):
+                        yield frame(None, event_json("expired", meta.thread_id, EXPIRED))
+                        return
                 if now - last_write >= options.heartbeat_s:
                     yield KEEPALIVE
                     last_write = now
@@ -175,22 +181,26 @@ def expired_stream(thread_id: str) -> bytes:
     return OPEN + frame(None, event_json("expired", thread_id, EXPIRED))
 
 
-async def _rescue_if_abandoned(queue: ReplyQueue, reply: str, meta: Meta, options: DeliveryOptions) -> None:
-    """End a reply with error + done when its worker is gone, or none took it in time."""
+async def _gone_or_rescued(queue: ReplyQueue, reply: str, meta: Meta, options: DeliveryOptions) -> bool:
+    """True when the reply is gone from Redis (a restart without its data); else end it with
+    error + done when its worker is gone, or none took it in time."""
     try:
+        if await queue.meta(reply) is None:
+            return True
         last, data = await queue.last_entry(reply)
         if (data is not None and data.startswith(DONE_PREFIX)) or await queue.lease_held(reply):
-            return
+            return False
         waited_s = (now_ms() - meta.created_ms) / 1000
         if last == 0 and waited_s < options.unclaimed_s:
-            return
+            return False
         message = NOT_TAKEN if last == 0 else WORKER_GONE
         result = StreamResult(parts=_tokens(await queue.events(reply)))
         closing = [event_json("error", meta.thread_id, message), event_json("done", meta.thread_id, result.summary())]
         if (await queue.append(reply, last, closing, rescue=True)).ok:
             log.warning("reply %s: %s; ended it", reply, message)
-    except (RedisError, OSError) as exc:  # the hub notices the outage too; try again next time
+    except (RedisError, OSError, QueueUnavailableError) as exc:  # the hub notices the outage too
         log.warning("reply %s: cannot check on its worker: %s", reply, exc)
+    return False
 
 
 def _tokens(events: list[str]) -> list[str]:

@@ -41,6 +41,7 @@ BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 ENDING_GRACE_S = 5.0  # after the error + done, for the last append and the stored message
 TAKEN = "another process ended this reply (its worker was thought gone)"
 LOST = "the reply queue (Redis) stayed unavailable; the reply was given up"
+GONE = "the reply is gone from the reply queue (Redis restarted without it)"
 
 
 class ReplyLostError(Exception):
@@ -96,7 +97,7 @@ class ReplyWriter:
             if done.ok or (done.last == self.last + len(batch) and done.last_event == batch[-1]):
                 self.last = done.last
                 return
-            self.lost = TAKEN
+            self.lost = GONE if done.last == 0 else TAKEN
             return
 
 
@@ -120,17 +121,24 @@ class Worker:
     async def run(self) -> None:
         log.info("worker %s: provider %s, %d chat replies at once", self.name, self.provider.name,
                  self.settings.worker_concurrency)  # fmt: skip
-        failures = 0
+        loop = asyncio.get_running_loop()
+        failures, next_sweep = 0, loop.time()
         while not self.stopping.is_set():
             await self.backlog.acquire()
             try:
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + 2 * self.settings.worker_lease_ms / 1000
+                    await self._sweep()
                 found = await self._read()
             except (RedisError, OSError) as exc:
                 self.backlog.release()
-                log.warning("cannot read jobs, retrying: %s", exc)
+                if not failures:  # once per outage, not once per retry
+                    log.warning("cannot read jobs, retrying: %s", exc)
                 await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                 failures += 1
                 continue
+            if failures:
+                log.info("reading jobs again")
             failures = 0
             if found is None:
                 self.backlog.release()
@@ -153,6 +161,25 @@ class Worker:
             for entry_id, fields in entries:
                 return str(entry_id), {str(k): str(v) for k, v in fields.items()}
         return None
+
+    async def _sweep(self) -> None:
+        """Let go of jobs that a worker which died (SIGKILL, a crash) took and never finished.
+
+        Looked for at start and every two leases.
+        Their replies were ended by the lease rule (a delivery process writes error + done);
+        what remains is the job, pending in the group forever. A job whose reply still has a
+        lease, or that this worker holds, is left alone.
+        """
+        idle_ms = 2 * self.settings.worker_lease_ms
+        with contextlib.suppress(ResponseError):  # NOGROUP: nothing pending anywhere
+            stale: Any = await self.queue.redis.xpending_range(JOBS, GROUP, min="-", max="+", count=100, idle=idle_ms)
+            for entry in stale:
+                entry_id, consumer = str(entry["message_id"]), str(entry["consumer"])
+                jobs: Any = await self.queue.redis.xrange(JOBS, entry_id, entry_id)
+                reply = str(jobs[0][1].get("reply", "")) if jobs else ""
+                if consumer != self.name and not (reply and await self.queue.lease_held(reply)):
+                    log.info("job %s of %s was left unfinished; let go", entry_id, consumer)
+                    await self._done_with(entry_id)
 
     async def _create_group(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker made it first
