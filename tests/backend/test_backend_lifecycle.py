@@ -89,7 +89,7 @@ def test_a_client_that_leaves_does_not_stop_its_reply(tmp_path: Path) -> None:
 
 def test_heartbeat_while_the_model_thinks_and_open_before_it(tmp_path: Path) -> None:
     provider = EndlessProvider(first_delay_s=1.0)
-    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=0.2)
+    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=0.2, graceful_shutdown_s=0)
     with (
         inprocess_backend(settings, provider) as port,
         post_json(port, "/api/chat/message", {"message": "think"}) as conn,
@@ -141,7 +141,7 @@ def test_slow_but_reading_client_is_not_dropped(tmp_path: Path) -> None:
     assert evts[-1].data["content"]["tokens"] == 12
 
 
-LONG_MESSAGE = " ".join(f"word{i}" for i in range(300))  # ~30 s of reply at 100 ms a token
+LONG_MESSAGE = " ".join(f"word{i}" for i in range(300))  # ~6 s of reply at 20 ms a token
 
 
 def first_tokens(conn: SSEConnection, count: int) -> tuple[Iterator[Block], list[Block]]:
@@ -159,7 +159,7 @@ def test_stopping_the_api_ends_its_streams_and_the_reply_goes_on(spawn: Spawner)
     """docker stop of the API container mid-reply: the stream ends cleanly at once, without a
     final event of its own; the reply goes on in Redis and the client resumes on the restarted
     API with Last-Event-ID, getting the rest exactly once."""
-    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="5")
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_GRACEFUL_SHUTDOWN_S="5")
     backend.start().wait_ready()
     with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "api-restart"}) as conn:
         blocks, seen = first_tokens(conn, 3)
@@ -189,7 +189,7 @@ def test_stopping_the_api_ends_its_streams_and_the_reply_goes_on(spawn: Spawner)
 
 
 def test_stopping_the_worker_ends_running_replies_with_error_then_done(spawn: Spawner) -> None:
-    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="1")
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_GRACEFUL_SHUTDOWN_S="1")
     backend.start().wait_ready()
     with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "worker-stop"}) as conn:
         blocks, _ = first_tokens(conn, 3)

@@ -230,10 +230,16 @@ class Worker:
         renewing = asyncio.create_task(self._renew(job.reply))
         result = StreamResult()
         writer = ReplyWriter(self.queue, job.reply, self.settings.redis_outage_s)
+        stored = job.kind != "chat"
         try:
             events = reply_events(self._tokens(job), options=self._options(job), shutdown=self.ending, result=result)
             async with aclosing(events) as stream:
                 async for event in stream:
+                    if event.kind == "done" and not stored:
+                        # Stored before anyone can read done: a message sent right after it has
+                        # this reply in its history.
+                        stored = True
+                        await save_reply(self.store, job.thread_id, result)
                     writer.add(event_json(event.kind, job.thread_id, event.content))
             await writer.close()
         except ReplyLostError as exc:
@@ -242,7 +248,7 @@ class Worker:
             renewing.cancel()
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.drop_lease(job.reply)
-            if job.kind == "chat":
+            if not stored:
                 await save_reply(self.store, job.thread_id, result)
 
     def _options(self, job: Job) -> StreamOptions:
