@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from app.delivery import WORKER_GONE
+from app.delivery import NOT_TAKEN, WORKER_GONE
 from app.replies import UNAVAILABLE, ReplyQueue, lease_key, meta_key, reply_key
 from app.settings import Settings
 from app.worker import GONE, TAKEN, ReplyWriter
@@ -176,6 +176,10 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
     # A second client on the same reply reads the same end: there is one done, in Redis.
     with SSEConnection(backend.port, "GET", conn.headers["content-location"]) as replay:
         assert [b.raw for b in events(replay.read_all())] == [b.raw for b in evts]
+    # A client that resumes after the done (it did not close) is not kept waiting forever.
+    with SSEConnection(backend.port, "GET", conn.headers["content-location"],
+                       headers={"Last-Event-ID": str(evts[-1].id)}) as late:
+        assert events(late.read_all()) == []
     # The next worker lets go of the dead one's job, and takes new ones.
     backend.start_worker()
     db = store(backend)
@@ -186,6 +190,29 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
     assert db.xlen("pi5:jobs") == 0
     with post_json(backend.port, "/api/chat/message", {"message": "next", "threadId": "killed"}) as after:
         assert events(after.read_all())[-1].data["type"] == "done"
+
+
+def test_a_reply_no_worker_takes_ends_with_error_then_done(spawn: Spawner) -> None:
+    backend = spawn(BACKEND_PROVIDER_TIMEOUT_S="1", BACKEND_WORKER_LEASE_MS="1000").start().wait_ready()
+    assert backend.worker is not None
+    backend.worker.terminate()
+    backend.worker.wait(10)
+    started = time.monotonic()
+    with post_json(backend.port, "/api/chat/message", {"message": "anyone?"}) as conn:
+        evts = events(conn.read_all())
+    assert [e.data["type"] for e in evts] == ["error", "done"]
+    assert evts[0].data["content"] == NOT_TAKEN
+    assert evts[1].data["content"]["tokens"] == 0
+    assert 0.9 < time.monotonic() - started < 5
+    backend.start_worker()  # late: it takes the job, sees the reply over, and generates nothing
+    db = store(backend)
+    deadline = time.monotonic() + 10
+    while db.xlen("pi5:jobs"):
+        assert time.monotonic() < deadline, "the late worker never took the job"
+        time.sleep(0.1)
+    with SSEConnection(backend.port, "GET", conn.headers["content-location"]) as replay:
+        assert [b.raw for b in events(replay.read_all())] == [b.raw for b in evts]
+    assert "over before it was taken" in backend.log()
 
 
 def test_redis_down_is_a_clear_503_and_back_needs_no_one(spawn: Spawner) -> None:

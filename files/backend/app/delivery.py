@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from redis.exceptions import RedisError
 
@@ -157,8 +158,10 @@ async def deliver(
                     return
                 if now - quiet_since >= options.lease_s and hub.down_since is None:
                     quiet_since = now
-                    if await _gone_or_rescued(hub.queue, reply, meta, options):
+                    state = await _check_on(hub.queue, reply, meta, follower.cursor, options)
+                    if state == "gone":
                         yield frame(None, event_json("expired", meta.thread_id, EXPIRED))
+                    if state is not None:
                         return
                 if now - last_write >= options.heartbeat_s:
                     yield KEEPALIVE
@@ -181,18 +184,24 @@ def expired_stream(thread_id: str) -> bytes:
     return OPEN + frame(None, event_json("expired", thread_id, EXPIRED))
 
 
-async def _gone_or_rescued(queue: ReplyQueue, reply: str, meta: Meta, options: DeliveryOptions) -> bool:
-    """True when the reply is gone from Redis (a restart without its data); else end it with
-    error + done when its worker is gone, or none took it in time."""
+async def _check_on(
+    queue: ReplyQueue, reply: str, meta: Meta, cursor: int, options: DeliveryOptions
+) -> Literal["gone", "past the end"] | None:
+    """A quiet reply, looked at: gone from Redis (a restart without its data), or already sent
+    to its done (a client that resumed after it); else, when its worker is gone or none took
+    it in time, end it with error + done (which the hub then delivers)."""
     try:
         if await queue.meta(reply) is None:
-            return True
+            return "gone"
         last, data = await queue.last_entry(reply)
-        if (data is not None and data.startswith(DONE_PREFIX)) or await queue.lease_held(reply):
-            return False
+        finished = data is not None and data.startswith(DONE_PREFIX)
+        if finished and cursor >= last:
+            return "past the end"
+        if finished or await queue.lease_held(reply):
+            return None
         waited_s = (now_ms() - meta.created_ms) / 1000
         if last == 0 and waited_s < options.unclaimed_s:
-            return False
+            return None
         message = NOT_TAKEN if last == 0 else WORKER_GONE
         result = StreamResult(parts=_tokens(await queue.events(reply)))
         closing = [event_json("error", meta.thread_id, message), event_json("done", meta.thread_id, result.summary())]
@@ -200,7 +209,7 @@ async def _gone_or_rescued(queue: ReplyQueue, reply: str, meta: Meta, options: D
             log.warning("reply %s: %s; ended it", reply, message)
     except (RedisError, OSError, QueueUnavailableError) as exc:  # the hub notices the outage too
         log.warning("reply %s: cannot check on its worker: %s", reply, exc)
-    return False
+    return None
 
 
 def _tokens(events: list[str]) -> list[str]:

@@ -42,6 +42,7 @@ _REPLY_ID = re.compile(REPLY_ID_PATTERN)
 DONE_PREFIX = '{"type":"done"'
 UNAVAILABLE = "the reply queue is unavailable (Redis); try again shortly"
 PING_TIMEOUT_S = 1.0
+MAX_JOBS = 10_000
 
 Kind = Literal["chat", "probe"]
 
@@ -174,7 +175,9 @@ class ReplyQueue:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(meta, mapping={"kind": job.kind, "threadId": job.thread_id, "created": now_ms()})
                 pipe.expire(meta, self.ttl_s)
-                pipe.xadd(JOBS, fields)  # type: ignore[arg-type]
+                # Bounded: jobs queued while no worker runs have had their replies ended (error +
+                # done) by then; the oldest go first.
+                pipe.xadd(JOBS, fields, maxlen=MAX_JOBS, approximate=True)  # type: ignore[arg-type]
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("cannot queue reply %s: %s", job.reply, _describe(exc))

@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .probe import ProbeParams, probe_tokens
 from .providers import Provider, ProviderError, build_provider
-from .replies import GROUP, JOBS, Job, ReplyQueue
+from .replies import GROUP, JOBS, Job, QueueUnavailableError, ReplyQueue
 from .server import configure_logging, load_settings
 from .settings import Settings
 from .sse import event_json, now_ms
@@ -209,6 +209,8 @@ class Worker:
                 await self._reply(job)
         except (ValueError, KeyError) as exc:
             log.warning("job %s is not one of ours: %s", entry_id, exc)
+        except (RedisError, OSError, QueueUnavailableError) as exc:  # its reply ends by the lease rule
+            log.warning("job %s: the reply queue failed: %s", entry_id, exc)
         finally:
             if waiting:
                 self.backlog.release()
@@ -224,6 +226,10 @@ class Worker:
             log.warning("cannot acknowledge job %s: %s", entry_id, exc)
 
     async def _reply(self, job: Job) -> None:
+        if await self.queue.meta(job.reply) is None or (await self.queue.last_entry(job.reply))[0]:
+            # Expired, or already ended (no worker took it in time): nothing to generate for.
+            log.warning("reply %s was over before it was taken; skipped", job.reply)
+            return
         if not await self.queue.take_lease(job.reply, self.name):
             log.warning("reply %s is held by another worker; skipped", job.reply)
             return
