@@ -140,32 +140,20 @@ async def deliver(
     Ends early without done when the process stops (the client resumes elsewhere) or
     Redis stays away longer than ``outage_s`` (an error event without id).
     """
-    loop = asyncio.get_running_loop()
     follower = hub.follow(reply_key(reply), after)
-    quiet_since = loop.time()  # the last entry, or the last look at the worker
-    tick = min(options.heartbeat_s, options.lease_s / 2)
+    watch = _Watch(hub, reply, meta, follower, options, asyncio.get_running_loop())
     try:
         yield OPEN
-        last_write = loop.time()
         while True:
             try:
-                async with asyncio.timeout(tick):
+                async with asyncio.timeout_at(watch.deadline()):
                     entries = await follower.inbox.get()
             except TimeoutError:
-                now = loop.time()
-                if hub.down_since is not None and now - hub.down_since >= options.outage_s:
-                    yield frame(None, event_json("error", meta.thread_id, REDIS_GONE))
+                chunk, end = await watch.silence()
+                if chunk:
+                    yield chunk
+                if end:
                     return
-                if now - quiet_since >= options.lease_s and hub.down_since is None:
-                    quiet_since = now
-                    state = await _check_on(hub.queue, reply, meta, follower.cursor, options)
-                    if state == "gone":
-                        yield frame(None, event_json("expired", meta.thread_id, EXPIRED))
-                    if state is not None:
-                        return
-                if now - last_write >= options.heartbeat_s:
-                    yield KEEPALIVE
-                    last_write = now
                 continue
             if entries is None:
                 return
@@ -174,9 +162,53 @@ async def deliver(
                     yield chunk
                 if data.startswith(DONE_PREFIX):
                     return
-            quiet_since = last_write = loop.time()
+            watch.wrote(quiet=False)
     finally:
         hub.leave(follower)
+
+
+@dataclass(slots=True)
+class _Watch:
+    """What a delivery does when nothing arrives: heartbeats, a look at the reply, an outage's end."""
+
+    hub: Hub
+    reply: str
+    meta: Meta
+    follower: Follower
+    options: DeliveryOptions
+    loop: asyncio.AbstractEventLoop
+    last_write: float = 0.0
+    quiet_since: float = 0.0  # the last entry, or the last look at the reply
+
+    def __post_init__(self) -> None:
+        self.last_write = self.quiet_since = self.loop.time()
+
+    def wrote(self, *, quiet: bool) -> None:
+        self.last_write = self.loop.time()
+        if not quiet:
+            self.quiet_since = self.last_write
+
+    def deadline(self) -> float:
+        deadline = min(self.last_write + self.options.heartbeat_s, self.quiet_since + self.options.lease_s)
+        if self.hub.down_since is not None:
+            deadline = min(deadline, self.hub.down_since + self.options.outage_s)
+        return deadline
+
+    async def silence(self) -> tuple[bytes | None, bool]:
+        """(what to write, whether the stream ends) once a deadline passed."""
+        now, thread = self.loop.time(), self.meta.thread_id
+        if self.hub.down_since is not None and now - self.hub.down_since >= self.options.outage_s:
+            return frame(None, event_json("error", thread, REDIS_GONE)), True
+        if now - self.quiet_since >= self.options.lease_s:
+            self.quiet_since = now  # while Redis is away, the next look waits for it
+            if self.hub.down_since is None:
+                state = await _check_on(self.hub.queue, self.reply, self.meta, self.follower.cursor, self.options)
+                if state is not None:
+                    return (frame(None, event_json("expired", thread, EXPIRED)) if state == "gone" else None), True
+        if now - self.last_write >= self.options.heartbeat_s:
+            self.wrote(quiet=True)
+            return KEEPALIVE, False
+        return None, False
 
 
 def expired_stream(thread_id: str) -> bytes:
