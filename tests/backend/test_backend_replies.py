@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -284,7 +285,7 @@ def test_a_reply_lost_with_a_redis_restart_answers_expired(spawn: Spawner) -> No
 
 
 def test_two_processes_serve_one_port(spawn: Spawner) -> None:
-    backend = spawn(BACKEND_PROCESSES="2", BACKEND_PROBE_RATE_PER_S="0").start().wait_ready()
+    backend = spawn(BACKEND_PROCESSES="2", BACKEND_PROBE_RATE_PER_S="0", BACKEND_HEADER_TIMEOUT_S="0.5").start().wait_ready()
     assert backend.proc is not None
     children = children_of(backend.proc.pid)
     assert len(children) == 2
@@ -298,6 +299,12 @@ def test_two_processes_serve_one_port(spawn: Spawner) -> None:
         healthcheck = subprocess.run([sys.executable, "-m", "app.healthcheck"], cwd=BACKEND_DIR, check=False,
                                      env=clean_env({"BACKEND_PORT": str(backend.port)}))  # fmt: skip
         assert healthcheck.returncode == 0
+        for _ in range(4):  # whichever process takes it, unfinished headers are cut off
+            with socket.create_connection(("127.0.0.1", backend.port), timeout=5) as slow:
+                slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: pi\r\n")
+                started = time.monotonic()
+                assert slow.recv(1024) == b""
+                assert time.monotonic() - started < 3
     finally:
         for conn in held:
             conn.close()
