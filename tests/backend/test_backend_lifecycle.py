@@ -208,6 +208,29 @@ def test_stopping_the_worker_ends_running_replies_with_error_then_done(spawn: Sp
     assert "Traceback" not in backend.log()
 
 
+def test_a_busy_worker_still_stops_within_its_grace(spawn: Spawner) -> None:
+    """Every place taken (one chat running, one waiting for it): SIGTERM still ends both at once."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_GRACEFUL_SHUTDOWN_S="1",
+                    BACKEND_WORKER_CONCURRENCY="1", BACKEND_CHAT_RATE_PER_S="0")  # fmt: skip
+    backend.start().wait_ready()
+    very_long = LONG_MESSAGE + " " + LONG_MESSAGE  # ~12 s of reply
+    with (
+        post_json(backend.port, "/api/chat/message", {"message": very_long}) as running,
+        post_json(backend.port, "/api/chat/message", {"message": very_long}) as waiting,
+    ):
+        first_tokens(running, 3)
+        waiting.read_head()
+        time.sleep(0.5)  # the worker has read the second job: it waits for the only place
+        stop_at = time.monotonic()
+        assert backend.worker is not None
+        backend.worker.terminate()
+        assert backend.worker.wait(10) == 0
+        took = time.monotonic() - stop_at
+        ends = [[e.data["type"] for e in events(conn.read_all())][-2:] for conn in (running, waiting)]
+    assert took < 4, "stopped within its grace, not when the running reply ended (~12 s)"
+    assert ends == [["error", "done"], ["error", "done"]]
+
+
 def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:
     """What backup/restore relies on: the data dir alone carries the threads."""
     first = spawn(tmp_path / "volume", BACKEND_TOKEN_INTERVAL_MS="0").start().wait_ready()

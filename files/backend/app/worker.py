@@ -123,8 +123,7 @@ class Worker:
                  self.settings.worker_concurrency)  # fmt: skip
         loop = asyncio.get_running_loop()
         failures, next_sweep = 0, loop.time()
-        while not self.stopping.is_set():
-            await self.backlog.acquire()
+        while await self._room():
             try:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + 2 * self.settings.worker_lease_ms / 1000
@@ -148,6 +147,20 @@ class Worker:
                 task.add_done_callback(self.tasks.discard)
         await self._drain()
 
+    async def _room(self) -> bool:
+        """Wait for room for one more job (a backlog place): False once stopping, placeless."""
+        acquire = asyncio.ensure_future(self.backlog.acquire())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not acquire.done():  # SIGTERM while every place waits for a chat slot
+            acquire.cancel()
+            return False
+        if self.stopping.is_set():
+            self.backlog.release()
+            return False
+        return True
+
     async def _read(self) -> tuple[str, dict[str, str]] | None:
         """The next job for this worker, None after READ_BLOCK_MS without one."""
         try:
@@ -165,10 +178,9 @@ class Worker:
     async def _sweep(self) -> None:
         """Let go of jobs that a worker which died (SIGKILL, a crash) took and never finished.
 
-        Looked for at start and every two leases.
         Their replies were ended by the lease rule (a delivery process writes error + done);
         what remains is the job, pending in the group forever. A job whose reply still has a
-        lease, or that this worker holds, is left alone.
+        lease, or that this worker holds, is left alone. Looked for at start and every two leases.
         """
         idle_ms = 2 * self.settings.worker_lease_ms
         with contextlib.suppress(ResponseError):  # NOGROUP: nothing pending anywhere
