@@ -173,7 +173,7 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
     assert evts[-2].data["content"] == WORKER_GONE
     assert_whole(evts)
     assert evts[-1].data["content"]["tokens"] == len([e for e in evts if e.data["type"] == "token"])
-    assert 0.9 < took < 4, "ended once the lease (1 s) ran out"
+    assert 0.9 < took < 8, "ended once the lease (1 s) ran out, not when the socket timed out (15 s)"
     # A second client on the same reply reads the same end: there is one done, in Redis.
     with SSEConnection(backend.port, "GET", conn.headers["content-location"]) as replay:
         assert [b.raw for b in events(replay.read_all())] == [b.raw for b in evts]
@@ -204,7 +204,7 @@ def test_a_reply_no_worker_takes_ends_with_error_then_done(spawn: Spawner) -> No
     assert [e.data["type"] for e in evts] == ["error", "done"]
     assert evts[0].data["content"] == NOT_TAKEN
     assert evts[1].data["content"]["tokens"] == 0
-    assert 0.9 < time.monotonic() - started < 5
+    assert 0.9 < time.monotonic() - started < 10
     backend.start_worker()  # late: it takes the job, sees the reply over, and generates nothing
     db = store(backend)
     deadline = time.monotonic() + 10
@@ -261,7 +261,7 @@ def test_an_open_stream_ends_with_an_error_after_a_long_outage(spawn: Spawner) -
     assert "id" not in last.fields, "not part of the reply: resuming later continues after the last real id"
     assert "done" not in [e.data["type"] for e in events(head) + events(rest)]
     assert any(b.comment == "keepalive" for b in rest if b.is_comment), "the client was kept while Redis was away"
-    assert 0.9 < took < 5
+    assert 0.9 < took < 10
 
 
 def test_a_reply_lost_with_a_redis_restart_answers_expired(spawn: Spawner) -> None:
@@ -304,7 +304,7 @@ def test_two_processes_serve_one_port(spawn: Spawner) -> None:
                 slow.sendall(b"GET /api/health HTTP/1.1\r\nHost: pi\r\n")
                 started = time.monotonic()
                 assert slow.recv(1024) == b""
-                assert time.monotonic() - started < 3
+                assert time.monotonic() - started < 5
     finally:
         for conn in held:
             conn.close()
