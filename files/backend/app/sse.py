@@ -7,7 +7,9 @@ Wire format (what every stream of this backend looks like):
     id: 1\\ndata: {...}\\n\\n     one JSON event; ids count from 1, no ``event:``
     : keepalive\\n\\n            comment after BACKEND_HEARTBEAT_S of silence
 
-Each event's JSON is compact UTF-8 with keys type, threadId, content, ts.
+Each event's JSON is compact UTF-8 with keys type, threadId, content, ts. An
+event outside the reply's order (``expired``, or the error of a Redis outage)
+has no ``id:``, so a browser's Last-Event-ID stays the last real one.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from .asgi import ABORT_EXTENSION
 
 log = logging.getLogger(__name__)
 
-EventType = Literal["token", "status", "done", "error"]
+EventType = Literal["token", "status", "done", "error", "expired"]
 Content = str | Mapping[str, object]
 
 OPEN = b": open\n\nretry: 3000\n\n"
@@ -43,12 +45,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def encode_event(event_id: int, kind: EventType, thread_id: str, content: Content) -> bytes:
-    """One ``id:``/``data:`` event, its ``ts`` taken now (right before the write)."""
+def event_json(kind: EventType, thread_id: str, content: Content) -> str:
+    """An event's compact UTF-8 JSON, its ``ts`` taken now (right before the write)."""
     payload = {"type": kind, "threadId": thread_id, "content": content, "ts": now_ms()}
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    # json.dumps escapes control characters, so data is a single line.
-    return f"id: {event_id}\ndata: {data}\n\n".encode()
+    # json.dumps escapes control characters, so the result is a single line.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def frame(event_id: int | None, data: str) -> bytes:
+    """An event as written: ``id:`` (none for events outside the reply's order), then ``data:``."""
+    head = "" if event_id is None else f"id: {event_id}\n"
+    return f"{head}data: {data}\n\n".encode()
 
 
 class SendTimeoutError(Exception):
@@ -61,7 +68,8 @@ class EventStreamResponse(Response):
     Unlike Starlette's StreamingResponse it bounds each send: a client that
     keeps the connection open but stops reading (full socket buffers) is
     dropped after ``send_timeout_s`` instead of pinning the generator forever.
-    A client disconnect cancels the body iterator, which cancels the provider.
+    A client disconnect cancels the body iterator: its delivery stops, the
+    reply goes on in the worker.
     """
 
     media_type = MEDIA_TYPE
