@@ -53,6 +53,7 @@ RESUME_MODES = {
     "expired": "answers the contract's expired event",
     "foreign": "Content-Location on another origin",
     "noid": "events without id: lines",
+    "lost": "Content-Location names a path nothing serves (404)",
 }
 
 
@@ -314,9 +315,11 @@ class Handler(BaseHTTPRequestHandler):
         reply = Reply(mode, [token(i) for i in range(params.int("n", 10))], params.int("interval_ms", 30) / 1000)
         reply_id = uuid.uuid4().hex
         self.server.replies[reply_id] = reply
-        location = {"none": None, "foreign": f"http://elsewhere.test:{self.server.port}/replies/{reply_id}"}.get(
-            mode, f"/replies/{reply_id}"
-        )
+        location = {
+            "none": None,
+            "foreign": f"http://elsewhere.test:{self.server.port}/replies/{reply_id}",
+            "lost": f"/missing/{reply_id}",
+        }.get(mode, f"/replies/{reply_id}")
         self.start_sse({"Content-Location": location} if location else {})
         try:
             self.send(OPEN)

@@ -286,10 +286,10 @@ class Criteria:
         "response is a C(200) C(text/event-stream) that ends with a done event, every event of both connections "
         "carries an integer C(id) one above the previous one (the first after the cut is the last one before it "
         "plus one: nothing missing, nothing twice), and the joined token text matches the done event's "
-        "C(tokens), C(bytes) and C(sha256). Fails naming what broke: no C(Content-Location), a replay from the "
-        "start (ids twice), skipped ids, a different text, or an C(expired) reply. A C(Content-Location) on "
-        "another origin is not followed (the request's credentials would go with it). Needs a done event, so "
-        "not with O(watch) or O(expect_done=false).",
+        "C(tokens), C(bytes) and C(sha256). Otherwise the verdict is V(not_resumable), naming what broke: no "
+        "C(Content-Location), a replay from the start (ids twice), skipped ids, a different text, or an "
+        "C(expired) reply. A C(Content-Location) on another origin is not followed (the request's credentials "
+        "would go with it). Needs a done event, so not with O(watch) or O(expect_done=false).",
     )
 
     def __post_init__(self) -> None:
