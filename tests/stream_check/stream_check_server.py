@@ -16,10 +16,11 @@ Paths (query parameters in brackets, defaults in parentheses):
   /badsha    a done event whose sha256 does not match
   /502       nginx's 502 page;  /html  an index.html;  /redirect  a 301;  /echo  the request back
   /stall     200 headers, then nothing;  /hang  no response at all
-  /resumable a resumable reply, as the backend's contract has it (Content-Location: /replies/<32 hex>, ids
+  /resumable a resumable reply, as the backend's contract has it (Content-Location: replies/<32 hex>, ids
              from 1, done with the summary)  [n (10), interval_ms (30), resume (good)]; a GET of
-             /replies/<id> with Last-Event-ID: k continues after event k, paced the same, or breaks the
-             contract the way ``resume`` names (RESUME_MODES)
+             replies/<id> with Last-Event-ID: k continues after event k, paced the same, or breaks the
+             contract the way ``resume`` names (RESUME_MODES). Content-Location is relative to the request's
+             path, so the same routes under /api/ (what nginx's stream location proxies) work alike.
 """
 
 from __future__ import annotations
@@ -318,8 +319,8 @@ class Handler(BaseHTTPRequestHandler):
         location = {
             "none": None,
             "foreign": f"http://elsewhere.test:{self.server.port}/replies/{reply_id}",
-            "lost": f"/missing/{reply_id}",
-        }.get(mode, f"/replies/{reply_id}")
+            "lost": f"missing/{reply_id}",
+        }.get(mode, f"replies/{reply_id}")
         self.start_sse({"Content-Location": location} if location else {})
         try:
             self.send(OPEN)
@@ -335,7 +336,7 @@ class Handler(BaseHTTPRequestHandler):
     def route_replies(self, params: Params) -> None:
         reply_id = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
         reply = self.server.replies.get(reply_id)
-        self.start_sse({"Content-Location": f"/replies/{reply_id}"})
+        self.start_sse({"Content-Location": reply_id})
         self.send(OPEN)
         if reply is None or reply.mode == "expired":
             expired = {"type": "expired", "threadId": "t-1", "content": "this reply has expired; reload the thread"}
@@ -348,6 +349,17 @@ class Handler(BaseHTTPRequestHandler):
             self.send(self.strip_id(reply, data))
             time.sleep(reply.interval_s)
         self.finish_body()
+
+    def route_api(self, params: Params) -> None:
+        """The routes again under /api/, as nginx's stream location passes them on."""
+        segments = self.path.split("?")[0].split("/")
+        name = segments[2] if len(segments) > 2 else ""
+        route: Callable[[Params], None] | None = getattr(self, "route_" + name, None) if name != "api" else None
+        if route is None:
+            self.nginx_page = True
+            self.plain(404, "text/html", b"<html><body>404 Not Found</body></html>")
+            return
+        route(params)
 
     @staticmethod
     def strip_id(reply: Reply, data: bytes) -> bytes:
@@ -377,8 +389,8 @@ class SseServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
         self.tls = tls
         self.seen: list[Seen] = []
         self.replies: dict[str, Reply] = {}
