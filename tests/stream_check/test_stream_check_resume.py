@@ -152,6 +152,10 @@ class TestEachBreak:
         assert not resume.ok
         assert resume.diagnosis.startswith(f"the stream ended before {N // 2} tokens arrived, so it could not be cut")
 
+    def test_a_stream_that_stalls_before_the_cut(self, server: SseServer) -> None:
+        resume = check_resume(Request(url=server.url("/stall?seconds=3"), max_time=1.0), expected_tokens=N)
+        assert (resume.ok, resume.diagnosis) == (False, f"{N // 2} tokens did not arrive within 1 s, so the stream was not cut")
+
     def test_too_few_tokens_to_cut(self) -> None:
         resume = check_resume(Request(url="http://127.0.0.1:9/never-asked"), expected_tokens=1)
         assert (resume.ok, resume.diagnosis) == (False, "the stream carries 1 token(s): too few to cut in two")

@@ -35,6 +35,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.events 
     read_events,
     token_content,
 )
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.judge import TIMEOUT_EXIT
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.options import Request
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.parse import SseEvent, SseParser, parse_sse
 
@@ -237,6 +238,8 @@ def judge_cut(first: Capture, cut_at: int) -> Problem | None:
     problem = _response_problem(first, "the stream to cut")
     if problem is not None:
         return problem
+    if not first.cut and (first.killed or first.curl_exit == TIMEOUT_EXIT):
+        return Problem(f"{cut_at} tokens did not arrive within {first.request.deadline_s:g} s, so the stream was not cut")
     if not first.cut:
         return Problem(
             f"the stream ended before {cut_at} tokens arrived, so it could not be cut",
