@@ -54,6 +54,7 @@ RESUME_MODES = {
     "expired": "answers the contract's expired event",
     "foreign": "Content-Location on another origin",
     "noid": "events without id: lines",
+    "textid": "ids that are no numbers (x1, x2...)",
     "lost": "Content-Location names a path nothing serves (404)",
 }
 
@@ -363,7 +364,10 @@ class Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def strip_id(reply: Reply, data: bytes) -> bytes:
-        return data.split(b"\n", 1)[1] if reply.mode == "noid" else data
+        """The event as the mode has it: without its id: line, or with an id that is no number."""
+        if reply.mode == "noid":
+            return data.split(b"\n", 1)[1]
+        return data.replace(b"id: ", b"id: x", 1) if reply.mode == "textid" else data
 
     def route_502(self, params: Params) -> None:
         body = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"

@@ -101,6 +101,7 @@ BROKEN = {
     "foreign": "points to another origin: the check does not follow it",
     "lost": "answered HTTP 404 (<html><body>404 Not Found</body></html>)",
     "noid": "the events before the cut carry no id: line, so a reconnect has no Last-Event-ID to send",
+    "textid": "the last id before the cut, 'x",
     "expired": "the resume URL answered `expired` (this reply has expired; reload the thread): the reply was gone",
     "alter": "the joined text of both connections does not match the done event: sha256 ",
 }

@@ -260,6 +260,9 @@ def judge_cut(first: Capture, cut_at: int) -> Problem | None:
         )
     if not before or not before[-1].own_id:
         return Problem("the events before the cut carry no id: line, so a reconnect has no Last-Event-ID to send")
+    # Checked before it is sent back: the resume request carries no header a server made up.
+    if not _DECIMAL.match(before[-1].id or ""):
+        return Problem(f"the last id before the cut, {(before[-1].id or '')[:40]!r}, is not a decimal number")
     return None
 
 
