@@ -513,9 +513,9 @@ longest_silence_ms:
   type: float
 resume:
   description:
-    - The resume hop (also in each element of RV(hops) that ran one); null when it did not run (a hop failed
-      the stream check first).
-  returned: with O(resume)
+    - The resume hop (with O(hops), in each element of RV(hops)); null without O(resume), or when it did not
+      run because a hop failed the stream check first.
+  returned: with O(url)
   type: dict
   contains:
     ok:
