@@ -128,9 +128,9 @@ def messages(report: dict[str, Any]) -> list[str]:
     return [json.dumps(result.get("msg", "")) for _, result in results(report)]
 
 
-def render_role_var(tmp: Path, role: str, name: str, inputs: dict[str, Any]) -> Any:
+def render_role_var(tmp: Path, role: str, name: str, inputs: dict[str, Any], *args: str) -> Any:
     """One variable of a role (its defaults, then its vars/main.yml) as Ansible renders it, given ``inputs``
-    (what its host_state read, shared settings...) as extra vars."""
+    (what its host_state read, shared settings...) as extra vars; ``args`` go to ansible-playbook (``--check``)."""
     files = [ROOT / "roles" / role / part / "main.yml" for part in ("defaults", "vars")]
     playbook = tmp / "render.yml"
     playbook.write_text(json.dumps([{
@@ -138,6 +138,6 @@ def render_role_var(tmp: Path, role: str, name: str, inputs: dict[str, Any]) -> 
         "vars_files": [str(f) for f in files if f.exists()],
         "tasks": [{"name": "Show it", "ansible.builtin.debug": {"msg": f"{{{{ {name} }}}}"}}],
     }]))
-    report = run_playbook(playbook, make_inventory(tmp / "inventory"), inputs)
+    report = run_playbook(playbook, make_inventory(tmp / "inventory"), inputs, *args)
     assert report["returncode"] == 0, report["stderr"][-3000:]
     return json.loads(messages(report)[0])

@@ -33,7 +33,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The classic wrong port, unless something happens to listen there on this machine.
     wrong_port = CLASSIC_WRONG_PORT if port_is_closed(CLASSIC_WRONG_PORT) else free_port()
     recorder_port = free_port()  # tests/nginx/test_nginx_limits.py listens there
-    sites = catalogue(wrong_port, recorder_port)
+    resume_port = free_port()  # tests/nginx/test_nginx_resume.py's stand-in for resumable replies listens there
+    sites = catalogue(wrong_port, recorder_port, resume_port)
     backend = Backend(
         workdir / "backend",
         BACKEND_PROBE_RATE_PER_S="0",  # every check comes from 127.0.0.1 through nginx
@@ -45,7 +46,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The backend boots while Ansible renders the sites.
         with running(sites, backend.port, workdir, tls, PAGE) as servers:
             backend.wait_ready()
-            yield Stack(backend, servers, tls, wrong_port, workdir, recorder_port)
+            yield Stack(backend, servers, tls, wrong_port, workdir, recorder_port, resume_port)
     finally:
         backend.stop()
 

@@ -87,9 +87,30 @@ def limit_sites(recorder_port: int) -> list[Site]:
     ]
 
 
-def catalogue(wrong_port: int = CLASSIC_WRONG_PORT, recorder_port: int = 0) -> list[Site]:
+# A proxy that keeps the backend's headers to itself (a "hide upstream details" snippet).
+HIDES_CONTENT_LOCATION = ('        proxy_set_header Connection "";\n',
+                          '        proxy_set_header Connection "";\n        proxy_hide_header Content-Location;\n')
+# A proxy that passes only the headers it names (a "hardening" snippet): Last-Event-ID never reaches the backend.
+DROPS_REQUEST_HEADERS = ('        proxy_set_header Connection "";\n',
+                         '        proxy_set_header Connection "";\n        proxy_pass_request_headers off;\n')
+
+
+def resume_sites(resume_port: int) -> list[Site]:
+    """The shipped site and two snippets that break resuming, upstream the stand-in for resumable replies."""
+    upstream = {"backend_port": resume_port}
+    return [
+        Site("resume_shipped", "the role's defaults, upstream resumable replies", overrides=upstream),
+        Site("resume_hidden_location", "proxy_hide_header Content-Location", overrides=upstream,
+             edits=(HIDES_CONTENT_LOCATION,)),
+        Site("resume_no_request_headers", "proxy_pass_request_headers off", overrides=upstream,
+             edits=(DROPS_REQUEST_HEADERS,)),
+    ]
+
+
+def catalogue(wrong_port: int = CLASSIC_WRONG_PORT, recorder_port: int = 0, resume_port: int = 0) -> list[Site]:
     return [
         *(limit_sites(recorder_port) if recorder_port else []),
+        *(resume_sites(resume_port) if resume_port else []),
         # --- the role as shipped: HTTPS with HTTP/2, plain HTTP redirects ----------------
         Site("shipped", "the role's defaults", page=True),
         Site("shipped_plain", "the role with nginx_tls: false (plain HTTP only)", overrides=PLAIN, page=True),

@@ -414,6 +414,7 @@ class Stack:
     wrong_port: int  # the upstream port of wrong_upstream_port (8000 unless in use here)
     workdir: Path
     recorder_port: int = 0  # the upstream port of the limits_*recorder sites
+    resume_port: int = 0  # the upstream port of the resume_* sites
 
     def nginx(self, name: str) -> Nginx:
         server = self.servers.get(name)

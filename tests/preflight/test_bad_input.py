@@ -133,6 +133,7 @@ CASES: dict[str, tuple[str, Case]] = {
     "header timeout zero": ("nginx_client_header_timeout_s", settings(nginx_client_header_timeout_s=0)),
     "body timeout past an hour": ("nginx_client_body_timeout_s", settings(nginx_client_body_timeout_s=7200)),
     "burst below zero": ("nginx_limit_req_burst", settings(nginx_limit_req_burst=-1)),
+    "a probe of one token (nothing to cut in two and resume)": ("nginx_verify_probe_tokens", settings(nginx_verify_probe_tokens=1)),
     "limit zone of no size": ("nginx_limit_zone_mb", settings(nginx_limit_zone_mb=0)),
     "request body limit of no size": ("nginx_client_max_body_size_mb", settings(nginx_client_max_body_size_mb=0)),
     "request buffering not a bool": ("nginx_proxy_request_buffering", settings(nginx_proxy_request_buffering="sometimes")),

@@ -16,6 +16,11 @@ Paths (query parameters in brackets, defaults in parentheses):
   /badsha    a done event whose sha256 does not match
   /502       nginx's 502 page;  /html  an index.html;  /redirect  a 301;  /echo  the request back
   /stall     200 headers, then nothing;  /hang  no response at all
+  /resumable a resumable reply, as the backend's contract has it (Content-Location: replies/<32 hex>, ids
+             from 1, done with the summary)  [n (10), interval_ms (30), resume (good)]; a GET of
+             replies/<id> with Last-Event-ID: k continues after event k, paced the same, or breaks the
+             contract the way ``resume`` names (RESUME_MODES). Content-Location is relative to the request's
+             path, so the same routes under /api/ (what nginx's stream location proxies) work alike.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import socket
 import ssl
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,6 +43,20 @@ TLS_NAME = "pi5.test"
 OPEN = b": open\n\nretry: 3000\n\n"
 KEEPALIVE = b": keepalive\n\n"
 EOLS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+# How /replies/<id> answers: the contract, or one way of breaking it.
+RESUME_MODES = {
+    "good": "continues after Last-Event-ID",
+    "none": "the stream carries no Content-Location",
+    "replay": "ignores Last-Event-ID: the whole reply again from id 1",
+    "again": "resumes AT Last-Event-ID instead of after it (one event twice)",
+    "skip": "resumes two events too late (ids missing)",
+    "alter": "right ids, other text (a reply generated again instead of replayed)",
+    "expired": "answers the contract's expired event",
+    "foreign": "Content-Location on another origin",
+    "noid": "events without id: lines",
+    "textid": "ids that are no numbers (x1, x2...)",
+    "lost": "Content-Location names a path nothing serves (404)",
+}
 
 
 def now_ms() -> int:
@@ -85,6 +105,27 @@ class Params:
 
     def str(self, name: str, default: str) -> str:
         return self.query.get(name, default)
+
+
+@dataclass
+class Reply:
+    """One resumable reply, kept by the server so that /replies/<id> can continue it."""
+
+    mode: str
+    contents: list[str]
+    interval_s: float
+    first_completed: bool = False  # the first response got as far as its done event
+    first_cut: bool = False  # the client went away while the first response was still being written
+
+
+def reply_events(reply: Reply, after: int, *, alter: bool = False) -> Iterator[tuple[int, bytes]]:
+    """(id, event) for every event of the reply with an id above ``after``: tokens 1..n, then done n+1."""
+    for i, content in enumerate(reply.contents):
+        if i + 1 > after:
+            yield i + 1, event(i + 1, "token", content.replace("🌍", "🌎") if alter else content)
+    done_id = len(reply.contents) + 1
+    if done_id > after:
+        yield done_id, done_event(done_id, reply.contents)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -156,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
                 parts.path, self.command, {k.lower(): v for k, v in self.headers.items()}, body, self.client_address[1]
             )
         )
-        route: Callable[[Params], None] | None = getattr(self, "route_" + parts.path.strip("/"), None)
+        route: Callable[[Params], None] | None = getattr(self, "route_" + parts.path.strip("/").split("/")[0], None)
         if route is None:
             self.nginx_page = True
             self.plain(404, "text/html", b"<html><body>404 Not Found</body></html>")
@@ -271,6 +312,63 @@ class Handler(BaseHTTPRequestHandler):
         self.send(OPEN + f"data: {json.dumps(echo)}\n\n".encode())
         self.finish_body()
 
+    def route_resumable(self, params: Params) -> None:
+        mode = params.str("resume", "good")
+        reply = Reply(mode, [token(i) for i in range(params.int("n", 10))], params.int("interval_ms", 30) / 1000)
+        reply_id = uuid.uuid4().hex
+        self.server.replies[reply_id] = reply
+        location = {
+            "none": None,
+            "foreign": f"http://elsewhere.test:{self.server.port}/replies/{reply_id}",
+            "lost": f"missing/{reply_id}",
+        }.get(mode, f"replies/{reply_id}")
+        self.start_sse({"Content-Location": location} if location else {})
+        try:
+            self.send(OPEN)
+            for _, data in reply_events(reply, 0):
+                self.send(self.strip_id(reply, data))
+                time.sleep(reply.interval_s)
+            reply.first_completed = True
+            self.finish_body()
+        except (BrokenPipeError, ConnectionResetError):
+            reply.first_cut = True
+            raise
+
+    def route_replies(self, params: Params) -> None:
+        reply_id = self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        reply = self.server.replies.get(reply_id)
+        self.start_sse({"Content-Location": reply_id})
+        self.send(OPEN)
+        if reply is None or reply.mode == "expired":
+            expired = {"type": "expired", "threadId": "t-1", "content": "this reply has expired; reload the thread"}
+            self.send(f"data: {json.dumps(expired)}\n\n".encode())
+            self.finish_body()
+            return
+        last = int(self.headers.get("Last-Event-ID") or 0)
+        after = {"replay": 0, "again": last - 1, "skip": last + 2}.get(reply.mode, last)
+        for _, data in reply_events(reply, after, alter=reply.mode == "alter"):
+            self.send(self.strip_id(reply, data))
+            time.sleep(reply.interval_s)
+        self.finish_body()
+
+    def route_api(self, params: Params) -> None:
+        """The routes again under /api/, as nginx's stream location passes them on."""
+        segments = self.path.split("?")[0].split("/")
+        name = segments[2] if len(segments) > 2 else ""
+        route: Callable[[Params], None] | None = getattr(self, "route_" + name, None) if name != "api" else None
+        if route is None:
+            self.nginx_page = True
+            self.plain(404, "text/html", b"<html><body>404 Not Found</body></html>")
+            return
+        route(params)
+
+    @staticmethod
+    def strip_id(reply: Reply, data: bytes) -> bytes:
+        """The event as the mode has it: without its id: line, or with an id that is no number."""
+        if reply.mode == "noid":
+            return data.split(b"\n", 1)[1]
+        return data.replace(b"id: ", b"id: x", 1) if reply.mode == "textid" else data
+
     def route_502(self, params: Params) -> None:
         body = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
         self.plain(502, "text/html", body + b"</center>\r\n<hr><center>nginx/1.22.1</center>\r\n</body>\r\n</html>\r\n")
@@ -295,10 +393,11 @@ class SseServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, tls: ssl.SSLContext | None = None, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), Handler)
         self.tls = tls
         self.seen: list[Seen] = []
+        self.replies: dict[str, Reply] = {}
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property

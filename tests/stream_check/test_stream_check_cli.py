@@ -110,6 +110,17 @@ def test_post_json_with_headers(server: SseServer) -> None:
     assert seen.headers["content-type"] == "application/json"
 
 
+def test_resume(server: SseServer) -> None:
+    good = run("--resume", server.url("/resumable?n=10&interval_ms=30"))
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert any(line.split()[:2] == ["resume", "ok:"] for line in good.stdout.splitlines())
+    replayed = run("--resume", "--json", server.url("/resumable?n=10&interval_ms=30&resume=replay"))
+    assert replayed.returncode == 1
+    result = json.loads(replayed.stdout)
+    assert (result["verdict"], result["resume"]["ok"]) == ("not_resumable", False)
+    assert "ignored Last-Event-ID and replayed the reply from the start" in result["diagnosis"]
+
+
 def test_thresholds_reach_the_verdict(server: SseServer) -> None:
     done = run("--min-events", "50", server.url("/stream?n=6&interval_ms=10"))
     assert done.returncode == 1

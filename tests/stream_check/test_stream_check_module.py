@@ -20,6 +20,8 @@ yaml = pytest.importorskip("yaml")
 
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import (  # noqa: E402
     OPTIONS,
+    VERDICTS,
+    ResumeResult,
     argument_spec,
 )
 from ansible_collections.pi5.streaming.plugins.modules import stream_check as module  # noqa: E402
@@ -89,6 +91,39 @@ class TestMain:
         assert token not in json.dumps(result)
         assert result["invocation"]["module_args"]["hops"][0]["headers"]["Authorization"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
 
+    def test_the_resume_hop_runs_and_fails_the_task_when_a_cut_stream_does_not_resume(
+        self, server: SseServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The role's post-reload check: resume on, the token on every hop, never in the output."""
+        token = "s3cret-resume-token-0123456789"
+        hops = [
+            {"name": "backend", "url": server.url("/resumable?n=10&interval_ms=30")},
+            {"name": "nginx", "url": server.url("/resumable?n=10&interval_ms=30&resume=skip")},
+        ]
+        args = {"hops": hops, "headers": {"Authorization": f"Bearer {token}"}, "resume": True, "max_time": 5}
+        result = run_main(args, capsys)
+        assert result["failed"] is True
+        assert (result["verdict"], result["first_bad_hop"]) == ("not_resumable", "nginx")
+        assert result["msg"].startswith("nginx does not resume a cut stream: backend resumes a cut stream, but the resume skipped")
+        backend, nginx = result["hops"]
+        assert backend["resume"]["ok"] is True and nginx["resume"]["ok"] is False
+        assert server.seen[-1].headers["authorization"] == f"Bearer {token}"  # the resume request carried it too
+        assert token not in json.dumps(result)
+
+    def test_a_hop_may_leave_the_resume_out(self, server: SseServer, capsys: pytest.CaptureFixture[str]) -> None:
+        hops = [
+            {"name": "backend", "url": server.url("/resumable?n=8&interval_ms=20")},
+            {"name": "tunnel", "url": server.url("/stream?n=8&interval_ms=20"), "resume": False},
+        ]
+        result = run_main({"hops": hops, "resume": True, "max_time": 5}, capsys)
+        assert result["incremental"] is True, result.get("msg")
+        assert result["hops"][0]["resume"]["ok"] is True and result["hops"][1]["resume"] is None
+
+    def test_resume_without_a_done_event_is_refused(self, capsys: pytest.CaptureFixture[str]) -> None:
+        result = run_main({"url": "http://127.0.0.1:9/", "resume": True, "expect_done": False}, capsys)
+        assert result["failed"] is True
+        assert result["msg"] == "resume needs a stream that ends with a done event: not with watch or expect_done false"
+
     def test_check_mode_still_checks(self, server: SseServer, capsys: pytest.CaptureFixture[str]) -> None:
         args = {"url": server.url("/burst?n=6&interval_ms=10"), "_ansible_check_mode": True}
         result = run_main(args, capsys)
@@ -157,9 +192,12 @@ class TestDocumentation:
 
     def test_examples_and_return_parse(self) -> None:
         examples = yaml.safe_load(module.EXAMPLES)
-        assert sum("pi5.streaming.stream_check" in task for task in examples) == 3
+        assert sum("pi5.streaming.stream_check" in task for task in examples) == 4
         returned = yaml.safe_load(module.RETURN)
-        assert {"verdict", "incremental", "diagnosis", "summary", "table", "first_bad_hop", "hops"} <= set(returned)
+        assert {"verdict", "incremental", "diagnosis", "summary", "table", "first_bad_hop", "hops", "resume"} <= set(returned)
+        assert returned["verdict"]["choices"] == list(VERDICTS)
+        resume = ResumeResult(True, "", "", None, 0, None, [], [], 0, None, 0.0)
+        assert set(returned["resume"]["contains"]) == set(resume.to_dict())
 
     def test_ansible_doc_renders_it(self) -> None:
         ansible_doc = VENV_BIN / "ansible-doc"

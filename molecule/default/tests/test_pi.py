@@ -453,6 +453,19 @@ def test_tokens_stream_incrementally_through_nginx_over_http2_and_http11(host: A
         assert result["integrity"] == "ok"
 
 
+def test_a_probe_cut_halfway_resumes_through_nginx_over_http2_and_http11(host: Any) -> None:
+    """Issue 14's resume hop, as the role's post-reload check runs it: the reply joins up across the cut."""
+    for version in ("2", "1.1"):
+        result = stream_check(host, http_version=version, resume=True,
+                              headers={"Authorization": f"Bearer {TOKEN}"} if TOKEN else {})
+        assert result.get("verdict") == "incremental", result.get("msg")
+        resume = result["resume"]
+        assert resume["ok"] is True and resume["status"] == 200, resume
+        assert resume["resume_url"].startswith(f"https://{host.backend.host}/api/probe/replies/")
+        ids = [int(i) for i in resume["ids_before"] + resume["ids_after"]]
+        assert ids == list(range(1, result["events"] + 2))  # tokens, then done: nothing missing, nothing twice
+
+
 def test_chat_endpoint_streams_sse_through_nginx(host: Any) -> None:
     out = host.check_output(
         "curl -skS -N --max-time 20 -D - -X POST https://127.0.0.1/api/chat/message "

@@ -34,6 +34,13 @@ description:
     the events are judged by their arrival alone, and the result says so.
   - Integrity compares the concatenated C(content) of the token events with the done event's
     C({"tokens", "sha256", "bytes"}) summary.
+  - >-
+    With O(resume), once every hop streams, each hop that asks for it also runs the resume hop: a second stream
+    of its URL is cut halfway (curl is stopped), resumed from the reply's C(Content-Location) with
+    C(Last-Event-ID), and the two parts must join up exactly (ids one above the previous, nothing twice, the
+    joined text matching the done event). A hop whose cut stream does not resume fails with the verdict
+    C(not_resumable), attributed hop by hop like the others (C(nginx does not resume a cut stream: backend
+    resumes a cut stream, but ...)).
   - The same core runs as the C(bin/stream-check) CLI.
 author:
   - pi5 streaming maintainers
@@ -151,6 +158,10 @@ options:
         description:
         - Overrides O(expect_header).
         type: str
+      resume:
+        description:
+        - Overrides O(resume).
+        type: bool
   stop_on_failure:
     description:
     - With O(hops), check the hops one after another and stop after the first hop that fails, instead of checking
@@ -276,6 +287,20 @@ options:
     - 'A response header the answer must carry, as C(Name: value), for example C(X-Config-Revision: 3f2a9c). Proves
       that the config that answers is the one just deployed; a missing or different value gives the verdict V(stale_config).'
     type: str
+  resume:
+    description:
+    - 'After the stream check passes, the resume hop: stream the same URL again, cut the connection (curl stops)
+      once half the tokens the check counted have arrived, and reconnect to the reply''s URL that the response''s
+      C(Content-Location) header names, with C(Last-Event-ID) set to the last C(id) received and the same headers,
+      CA, O(resolve) and HTTP version (a GET without a body). Passes only if the resumed response is a C(200) C(text/event-stream)
+      that ends with a done event, every event of both connections carries an integer C(id) one above the previous
+      one (the first after the cut is the last one before it plus one: nothing missing, nothing twice), and the
+      joined token text matches the done event''s C(tokens), C(bytes) and C(sha256). Otherwise the verdict is V(not_resumable),
+      naming what broke: no C(Content-Location), a replay from the start (ids twice), skipped ids, a different text,
+      or an C(expired) reply. A C(Content-Location) on another origin is not followed (the request''s credentials
+      would go with it). Needs a done event, so not with O(watch) or O(expect_done=false).'
+    type: bool
+    default: false
 # END OPTIONS
 notes:
   - Check mode runs the check as usual; it only reads from the endpoint and never changes anything
@@ -319,6 +344,20 @@ EXAMPLES = r"""
     max_time: 15
   register: stream
 
+- name: Check that a cut probe resumes through nginx as well (backend and nginx, each cut and resumed)
+  pi5.streaming.stream_check:
+    hops:
+      - name: backend
+        url: http://127.0.0.1:7776/api/probe/stream?tokens=20&interval_ms=50
+      - name: nginx
+        url: https://pi5.local/api/probe/stream?tokens=20&interval_ms=50
+        cacert: /etc/nginx/pi5-tls/cert.pem
+        resolve: ["pi5.local:443:127.0.0.1"]
+    headers:
+      Authorization: "Bearer {{ backend_auth_token }}"
+    resume: true
+  register: stream
+
 - name: Print the summary table
   ansible.builtin.debug:
     msg: "{{ stream.table.splitlines() }}"
@@ -341,7 +380,7 @@ verdict:
   type: str
   sample: buffered
   choices: [incremental, buffered, truncated, http_error, wrong_content_type, compressed, integrity,
-            heartbeat_missing, connect_error, tls_error, timeout, stale_config, too_few_events]
+            heartbeat_missing, connect_error, tls_error, timeout, stale_config, too_few_events, not_resumable]
 incremental:
   description: Whether the events arrived incrementally (on every hop).
   returned: always
@@ -472,6 +511,52 @@ longest_silence_ms:
   description: The longest time nothing arrived, counted from the request (headers held back count).
   returned: with O(url)
   type: float
+resume:
+  description:
+    - The resume hop (with O(hops), in each element of RV(hops)); null without O(resume), or when it did not
+      run because a hop failed the stream check first.
+  returned: with O(url)
+  type: dict
+  contains:
+    ok:
+      description: The cut stream resumed with nothing missing or twice and the joined text matched the done event.
+      type: bool
+    observed:
+      description: What happened, without the likely cause.
+      type: str
+    diagnosis:
+      description: The summary when RV(resume.ok), else what broke and the likely cause (the failure message).
+      type: str
+      sample: >-
+        the resume sent events already received: Last-Event-ID: 10 was answered from id 1 (ids 1-10 twice): the
+        server (or a proxy that drops the header) ignored Last-Event-ID and replayed the reply from the start
+    resume_url:
+      description: The reply's URL (C(Content-Location) resolved against the URL), null when none was requested.
+      type: str
+      sample: https://pi5.local/api/probe/replies/0f3c2a9e8b7d4c1fa2b3c4d5e6f70812
+    cut_after_tokens:
+      description: Token events received before curl was stopped (half of what the stream check counted).
+      type: int
+    last_event_id:
+      description: The C(Last-Event-ID) the resume request sent.
+      type: str
+    ids_before:
+      description: The ids of the events before the cut, as received.
+      type: list
+      elements: str
+    ids_after:
+      description: The ids of the events of the resumed response.
+      type: list
+      elements: str
+    tokens:
+      description: Token events of both parts together.
+      type: int
+    status:
+      description: HTTP status of the resumed response.
+      type: int
+    elapsed_ms:
+      description: Time for both connections.
+      type: float
 """
 
 from typing import Any

@@ -15,7 +15,8 @@ Modules by concern; every step but fetching is a pure function of its input::
     proxies   which proxy or CDN answered (headers), and its documented fix
     judge     every criterion as a finding, worded for that proxy
     verdict   analyse(Capture, Criteria) -> CheckResult; check_stream = fetch + analyse
-    hops      every hop and protocol at once, the first bad hop blamed
+    resume    the resume hop: cut a stream halfway, reconnect with Last-Event-ID, join the parts
+    hops      every hop and protocol at once, the first bad hop blamed; then the resume hops
     report    the tables people read
     cli       bin/stream-check
 """
@@ -45,6 +46,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.hops im
     check,
     check_hops,
     expand_protocols,
+    fold_resume,
 )
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.judge import VERDICTS, Verdict
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.measure import (
@@ -83,6 +85,13 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.report 
     render_hops_table,
     render_table,
 )
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.resume import (
+    ResumeResult,
+    check_resume,
+    judge_cut,
+    judge_resume,
+    resume_request,
+)
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.verdict import (
     CheckResult,
     analyse,
@@ -106,6 +115,7 @@ __all__ = [
     "Option",
     "Reading",
     "Request",
+    "ResumeResult",
     "SseComment",
     "SseEvent",
     "SseParser",
@@ -122,13 +132,17 @@ __all__ = [
     "check",
     "check_hops",
     "check_integrity",
+    "check_resume",
     "check_stream",
     "decode_body",
     "delivery_groups",
     "expand_protocols",
     "fetch",
     "fingerprint",
+    "fold_resume",
     "hop_from_mapping",
+    "judge_cut",
+    "judge_resume",
     "largest_burst",
     "options_from_mapping",
     "parse_header_dump",
@@ -141,5 +155,6 @@ __all__ = [
     "render_hops_table",
     "render_table",
     "request_headers",
+    "resume_request",
     "silences",
 ]

@@ -40,6 +40,8 @@ examples:
       --expect-header 'X-Config-Revision: 3f2a9c' 'https://pi5.local/api/probe/stream'
   stream-check --hop backend='http://127.0.0.1:7776/api/probe/stream' \\
                --hop nginx='http://127.0.0.1/api/probe/stream'
+  stream-check --resume --hop backend='http://127.0.0.1:7776/api/probe/stream' \\
+               --hop nginx='http://127.0.0.1/api/probe/stream'   # then cut each halfway and resume it
   stream-check --no-expect-done -X POST -d '{"prompt": "hi"}' https://example.org/v1/stream
   stream-check --watch 5 https://example.org/v1/feed        # an endless feed: judge 5 s of it
 """

@@ -18,9 +18,9 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.options import (
     CurlMissing,
@@ -94,6 +94,7 @@ class Capture:
     remote_port: int | None = None
     elapsed_s: float = 0.0
     killed: bool = False  # the watchdog had to kill curl
+    cut: bool = False  # the caller's ``until`` stopped curl mid-stream (the resume hop's cut connection)
 
 
 def _default_headers(request: Request) -> dict[str, str]:
@@ -163,14 +164,20 @@ def build_curl_argv(request: Request, header_file: str, curl: str | None = None)
     return argv
 
 
-def _pump(fd: int, start: float, deadline: float, chunks: list[Chunk]) -> bool:
-    """Read ``fd`` to EOF, stamping each read; False if the deadline passed first."""
+# How a read loop ended: the body's end, the deadline, or the caller's ``until``.
+Ending = Literal["eof", "deadline", "cut"]
+
+
+def _pump(
+    fd: int, start: float, deadline: float, chunks: list[Chunk], until: Callable[[Chunk], bool] | None
+) -> Ending:
+    """Read ``fd`` to EOF, stamping each read; stop early at the deadline or once ``until`` says so."""
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return False
+                return "deadline"
             if not selector.select(remaining):
                 continue
             data = os.read(fd, READ_SIZE)
@@ -178,24 +185,28 @@ def _pump(fd: int, start: float, deadline: float, chunks: list[Chunk]) -> bool:
             # a slow Pi spends no time between reads that would skew the stamps.
             at = time.monotonic() - start
             if not data:
-                return True
+                return "eof"
             chunks.append(Chunk(at, data))
+            if until is not None and until(chunks[-1]):
+                return "cut"
 
 
-def _run_curl(argv: Sequence[str], stderr: Any, budget_s: float) -> tuple[list[Chunk], int, float, bool]:
+def _run_curl(
+    argv: Sequence[str], stderr: Any, budget_s: float, until: Callable[[Chunk], bool] | None = None
+) -> tuple[list[Chunk], int, float, Ending]:
     chunks: list[Chunk] = []
     start = time.monotonic()
     # One curl process per check is one fresh connection: after an nginx reload
     # the old workers keep serving the connections they already hold, so only a
     # new connection proves what the new config does.
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
-    finished = False
+    ending: Ending = "deadline"
     try:
         if proc.stdout is not None:  # always, with stdout=PIPE
-            finished = _pump(proc.stdout.fileno(), start, start + budget_s, chunks)
+            ending = _pump(proc.stdout.fileno(), start, start + budget_s, chunks, until)
     finally:
-        if not finished:
-            proc.kill()
+        if ending != "eof":
+            proc.kill()  # a cut: the kernel closes curl's socket, as when a phone drops off Wi-Fi
         try:
             exit_code = proc.wait(timeout=WATCHDOG_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -203,11 +214,15 @@ def _run_curl(argv: Sequence[str], stderr: Any, budget_s: float) -> tuple[list[C
             exit_code = proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
-    return chunks, exit_code, time.monotonic() - start, not finished
+    return chunks, exit_code, time.monotonic() - start, ending
 
 
-def fetch(request: Request) -> Capture:
-    """Run curl once and capture the timed body, headers and curl's write-out."""
+def fetch(request: Request, until: Callable[[Chunk], bool] | None = None) -> Capture:
+    """Run curl once and capture the timed body, headers and curl's write-out.
+
+    ``until`` sees every read as it arrives; once it returns True, curl is killed mid-stream (``cut``). curl
+    writes each header line to its dump as it arrives, so the headers of a cut response are complete.
+    """
     curl = shutil.which(request.curl)
     if curl is None:
         raise CurlMissing(f"curl not found ({request.curl!r}): install curl on the host that runs the check")
@@ -217,11 +232,14 @@ def fetch(request: Request) -> Capture:
         argv = build_curl_argv(request, header_path, curl)
         with open(stderr_path, "wb") as stderr:
             try:
-                chunks, exit_code, elapsed, killed = _run_curl(argv, stderr, request.deadline_s + WATCHDOG_GRACE_S)
+                chunks, exit_code, elapsed, ending = _run_curl(
+                    argv, stderr, request.deadline_s + WATCHDOG_GRACE_S, until
+                )
             except OSError as exc:
                 raise StreamCheckError(f"cannot run {curl}: {exc}") from exc
         header_text = _read_text(header_path, "iso-8859-1")
         stderr_text = _read_text(stderr_path, "utf-8")
+    killed = ending == "deadline"
     writeout, messages = parse_writeout(stderr_text)
     dump_status, dump_version, headers = parse_header_dump(header_text)
     status = _int(writeout.get("response_code")) or dump_status
@@ -241,6 +259,7 @@ def fetch(request: Request) -> Capture:
         remote_port=_int(writeout.get("remote_port")) or None,
         elapsed_s=elapsed,
         killed=killed,
+        cut=ending == "cut",
     )
 
 

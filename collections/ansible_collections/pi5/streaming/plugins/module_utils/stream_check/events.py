@@ -33,7 +33,18 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.parse i
     SseStream,
 )
 
-__all__ = ["TIMESTAMP_KEYS", "Integrity", "Reading", "Stamps", "check_integrity", "read_events", "read_timestamps"]
+__all__ = [
+    "TIMESTAMP_KEYS",
+    "Integrity",
+    "Reading",
+    "Stamps",
+    "check_integrity",
+    "event_content",
+    "event_type",
+    "read_events",
+    "read_timestamps",
+    "token_content",
+]
 
 Integrity = Literal["ok", "mismatch", "not_checked"]
 
@@ -123,6 +134,25 @@ def _token_content(payload: Mapping[str, Any] | None) -> str | None:
         if isinstance(delta, dict) and isinstance(delta.get("content"), str):
             return str(delta["content"])
     return None
+
+
+def event_type(event: SseEvent) -> str:
+    """The event's type as this module reads it: its JSON ``type``, else its ``event:`` name."""
+    return _kind(event, _json_object(event.data))
+
+
+def event_content(event: SseEvent) -> object:
+    """The ``content`` of the event's JSON (None when it has none)."""
+    payload = _json_object(event.data)
+    return None if payload is None else payload.get("content")
+
+
+def token_content(event: SseEvent) -> str | None:
+    """The token text the event carries, if it is a token event (never the done or a heartbeat event)."""
+    payload = _json_object(event.data)
+    if _is_done(event, payload) or _is_heartbeat(event, payload):
+        return None
+    return _token_content(payload)
 
 
 def _done_summary(payload: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

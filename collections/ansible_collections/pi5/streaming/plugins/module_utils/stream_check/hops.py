@@ -6,6 +6,10 @@ three-hop check takes as long as its slowest hop, not the sum. A hop whose
 over HTTP/1.1 (siblings at one position of the path): a site that streams over
 HTTP/2 but buffers over HTTP/1.1 fails, naming HTTP/1.1, because every CDN or
 tunnel in front of it reaches it over HTTP/1.1.
+
+Once every hop streams, the hops that ask for ``resume`` run the resume hop
+(resume.py), again all at once; a hop whose cut stream does not resume fails
+with the verdict ``not_resumable`` and is blamed like any other.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from urllib.parse import urlsplit
 
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.judge import Verdict
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.options import Hop, UsageError
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.resume import ResumeResult, check_resume
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.verdict import CheckResult, check_stream
 
-__all__ = ["HopsResult", "attribute", "check", "check_hops", "expand_protocols"]
+__all__ = ["HopsResult", "attribute", "check", "check_hops", "expand_protocols", "fold_resume"]
 
 PROTOCOLS: Final = (("2", "h2"), ("1.1", "h1.1"))
 
@@ -52,6 +57,7 @@ _FAULT: Final[Mapping[str, str]] = {
     "timeout": "times out",
     "stale_config": "serves a stale config",
     "too_few_events": "sends too few events",
+    "not_resumable": "does not resume a cut stream",
 }
 
 
@@ -105,12 +111,13 @@ def attribute(
     places = [hop.place for hop in hops] if len(hops) == len(results) else names
     bad = next((i for i, result in enumerate(results) if not result.incremental), None)
     if bad is None:
-        return None, f"every hop streams incrementally ({', '.join(names)})"
+        resumed = [name for name, result in zip(names, results, strict=True) if result.resume is not None]
+        also = f"; a cut stream resumes through {', '.join(resumed)}" if resumed else ""
+        return None, f"every hop streams incrementally ({', '.join(names)}){also}"
     result, name = results[bad], names[bad]
     fault = _FAULT.get(result.verdict, f"fails ({result.verdict})")
-    good_siblings = [
-        names[i] for i, other in enumerate(results) if places[i] == places[bad] and i != bad and other.incremental
-    ]
+    good = [_passes_where(other, result) for other in results]
+    good_siblings = [names[i] for i in range(len(results)) if places[i] == places[bad] and i != bad and good[i]]
     first_place = places[bad] == places[0]
     positions = len(dict.fromkeys(places))
     if first_place and not good_siblings and (path_length or positions) > 1:
@@ -120,15 +127,21 @@ def attribute(
                 "(check that it flushes each event); every hop behind it inherits the burst"
             )
         return name, f"{name} itself {fault}: {result.diagnosis}"
-    upstream = [
-        names[i]
-        for i, other in enumerate(results)
-        if i != bad and other.incremental and (i < bad or places[i] == places[bad])
-    ]
+    upstream = [names[i] for i in range(len(results)) if i != bad and good[i] and (i < bad or places[i] == places[bad])]
     if not upstream:
         return name, f"{name} {fault}: {result.diagnosis}"
-    verb = "streams" if len(upstream) == 1 else "stream"
-    return name, f"{name} {fault}: {', '.join(upstream)} {verb} incrementally, but {result.diagnosis}"
+    if result.verdict == "not_resumable":
+        verb = "resumes a cut stream" if len(upstream) == 1 else "resume a cut stream"
+    else:
+        verb = "streams incrementally" if len(upstream) == 1 else "stream incrementally"
+    return name, f"{name} {fault}: {', '.join(upstream)} {verb}, but {result.diagnosis}"
+
+
+def _passes_where(other: CheckResult, bad: CheckResult) -> bool:
+    """Whether ``other`` passed where ``bad`` failed: a resume failure is only told apart by a hop that resumed."""
+    if bad.verdict == "not_resumable":
+        return other.incremental and other.resume is not None and other.resume.ok
+    return other.incremental
 
 
 def _run(hop: Hop) -> CheckResult:
@@ -140,13 +153,54 @@ def _run(hop: Hop) -> CheckResult:
     return result
 
 
+def fold_resume(result: CheckResult, resumed: ResumeResult) -> None:
+    """Record the resume hop on its hop's result; a cut stream that does not resume fails the hop."""
+    result.resume = resumed
+    if resumed.ok:  # an incremental result, whose diagnosis is its summary
+        result.summary += "; a cut stream resumes"
+        result.diagnosis = result.summary
+        return
+    result.verdict = "not_resumable"
+    result.incremental = False
+    result.observed = resumed.observed
+    result.diagnosis = resumed.diagnosis
+    result.summary = f"not_resumable: {resumed.observed}"
+    result.failures.insert(0, f"not_resumable: {resumed.diagnosis}")
+
+
+def _resume(hop: Hop, result: CheckResult) -> ResumeResult:
+    # Cut after half of what the stream check itself counted on this hop.
+    return check_resume(hop.request, result.tokens)
+
+
+def _resume_hops(
+    pairs: Sequence[tuple[Hop, CheckResult]],
+    resumer: Callable[[Hop, CheckResult], ResumeResult],
+    *,
+    stop_on_failure: bool,
+) -> None:
+    """The resume hop on every hop that asks for it, at the same time (one after another with stop_on_failure)."""
+    if stop_on_failure:
+        for hop, result in pairs:
+            fold_resume(result, resumer(hop, result))
+            if not result.incremental:
+                return
+        return
+    with ThreadPoolExecutor(max_workers=len(pairs), thread_name_prefix="stream-check-resume") as pool:
+        outcomes = list(pool.map(lambda pair: resumer(*pair), pairs))
+    for (_, result), resumed in zip(pairs, outcomes, strict=True):
+        fold_resume(result, resumed)
+
+
 def check_hops(
     hops: Sequence[Hop],
     *,
     stop_on_failure: bool = False,
     runner: Callable[[Hop], CheckResult] | None = None,
+    resumer: Callable[[Hop, CheckResult], ResumeResult] | None = None,
 ) -> HopsResult:
-    """Check every hop (and protocol) at the same time and name the first one that breaks streaming.
+    """Check every hop (and protocol) at the same time and name the first one that breaks streaming; then,
+    if every hop streams, the resume hop on the hops that ask for it.
 
     With ``stop_on_failure`` the hops run one after another and the check stops at the first bad one.
     """
@@ -164,6 +218,12 @@ def check_hops(
         with ThreadPoolExecutor(max_workers=len(expanded), thread_name_prefix="stream-check") as pool:
             results = list(pool.map(run, expanded))
     ran, results = _drop_unoffered(expanded[: len(results)], results)
+    resumable = [(hop, result) for hop, result in zip(ran, results, strict=True) if hop.criteria.resume]
+    if resumable and all(result.incremental for result in results):
+        _resume_hops(resumable, resumer or _resume, stop_on_failure=stop_on_failure)
+    else:
+        for _, result in resumable:
+            result.notes.append("the resume hop did not run: the stream check failed first")
     positions = len(dict.fromkeys(hop.place for hop in expanded))
     first_bad, diagnosis = attribute(results, positions, ran)
     bad = next((result for result in results if not result.incremental), None)

@@ -36,6 +36,7 @@ Verdict = Literal[
     "timeout",
     "stale_config",
     "too_few_events",
+    "not_resumable",
 ]
 # The same names as a tuple, for argument choices and docs (one list: the Literal above).
 VERDICTS: Final[tuple[Verdict, ...]] = get_args(Verdict)

@@ -276,6 +276,21 @@ class Criteria:
         "verdict V(stale_config).",
         metavar="'NAME: VALUE'",
     )
+    resume: bool = option(
+        False,
+        "bool",
+        "After the stream check passes, the resume hop: stream the same URL again, cut the connection (curl "
+        "stops) once half the tokens the check counted have arrived, and reconnect to the reply's URL that the "
+        "response's C(Content-Location) header names, with C(Last-Event-ID) set to the last C(id) received and "
+        "the same headers, CA, O(resolve) and HTTP version (a GET without a body). Passes only if the resumed "
+        "response is a C(200) C(text/event-stream) that ends with a done event, every event of both connections "
+        "carries an integer C(id) one above the previous one (the first after the cut is the last one before it "
+        "plus one: nothing missing, nothing twice), and the joined token text matches the done event's "
+        "C(tokens), C(bytes) and C(sha256). Otherwise the verdict is V(not_resumable), naming what broke: no "
+        "C(Content-Location), a replay from the start (ids twice), skipped ids, a different text, or an "
+        "C(expired) reply. A C(Content-Location) on another origin is not followed (the request's credentials "
+        "would go with it). Needs a done event, so not with O(watch) or O(expect_done=false).",
+    )
 
     def __post_init__(self) -> None:
         if self.min_events < 1:
@@ -310,6 +325,10 @@ class Hop:
     request: Request
     criteria: Criteria = DEFAULT_CRITERIA
     position: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.criteria.resume and (self.request.watch is not None or not self.criteria.expect_done):
+            raise UsageError("resume needs a stream that ends with a done event: not with watch or expect_done false")
 
     @property
     def place(self) -> str:

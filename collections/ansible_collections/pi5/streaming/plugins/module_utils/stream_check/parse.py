@@ -60,7 +60,8 @@ class SseEvent:
     at: float
     data: str
     type: str = "message"
-    id: str | None = None
+    id: str | None = None  # the last event ID a browser would send: an event without an id: line keeps the last one
+    own_id: bool = False  # this event carried an id: line of its own
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class SseParser:
         self._data: list[str] = []
         self._type = ""
         self._last_id: str | None = None
+        self._own_id = False
         self.events: list[SseEvent] = []
         self.comments: list[SseComment] = []
 
@@ -134,12 +136,16 @@ class SseParser:
                 self._type = value
             elif name == "id" and "\0" not in value:
                 self._last_id = value
+                self._own_id = True
 
     def _dispatch(self, at: float) -> None:
         if self._data:
-            self.events.append(SseEvent(at, "\n".join(self._data), self._type or "message", self._last_id))
+            self.events.append(
+                SseEvent(at, "\n".join(self._data), self._type or "message", self._last_id, self._own_id)
+            )
         self._data = []
         self._type = ""
+        self._own_id = False
 
 
 def parse_sse(chunks: Iterable[Chunk]) -> SseStream:

@@ -44,11 +44,20 @@ def render_table(result: CheckResult) -> str:
         ("silence", f"longest {result.longest_silence}" if result.longest_silence else "-"),
         ("proxies", ", ".join(result.proxies) or "none named in the headers"),
     ]
+    if result.resume is not None:
+        rows.append(("resume", _resume(result)))
     rows += [(name, value) for name, value in result.headers.items() if name.lower().startswith("x-")]
     rows.append(("summary" if result.incremental else "diagnosis", result.diagnosis))
     rows += [("note", note) for note in result.notes]
     title = f"stream check{f' [{result.name}]' if result.name else ''}"
     return "\n".join([title, *(f"  {label:<12} {value}" for label, value in rows)])
+
+
+def _resume(result: CheckResult) -> str:
+    resumed = result.resume
+    if resumed is None:
+        return "-"
+    return f"ok: {resumed.diagnosis}" if resumed.ok else f"FAILED: {resumed.observed}"
 
 
 def render_hops_table(result: HopsResult) -> str:
@@ -70,6 +79,7 @@ def render_hops_table(result: HopsResult) -> str:
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines += [f"resume {hop.name or '-'}: {_resume(hop)}" for hop in result.hops if hop.resume is not None]
     verdict = "incremental" if result.incremental else f"{result.verdict} at {result.first_bad_hop}"
     return "\n".join([*lines, f"=> {verdict}: {result.diagnosis}"])
 

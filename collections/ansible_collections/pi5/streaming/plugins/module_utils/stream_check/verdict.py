@@ -34,6 +34,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.options
 )
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.parse import decode_body, parse_sse
 from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.proxies import fingerprint
+from ansible_collections.pi5.streaming.plugins.module_utils.stream_check.resume import ResumeResult
 
 __all__ = ["HEADERS_OF_INTEREST", "CheckResult", "analyse", "check_stream"]
 
@@ -100,6 +101,7 @@ class CheckResult:
     timestamps: str  # where the emission times came from, and their unit (or why none were used)
     longest_silence_ms: float | None
     longest_silence: str  # where it fell
+    resume: ResumeResult | None = None  # the resume hop, when asked for and the stream check passed
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
