@@ -3,7 +3,8 @@
 Each attack runs twice on the same Pi: against the shipped stack (the Pi's own nginx on 443 and its
 backend container) and against the old settings beside it (a second nginx master on 8443 whose
 config is the live one with the limits taken out, and a second container of the same image with
-the old backend settings, on 7777). During each attack a legitimate client on the Pi
+the old backend settings, on 7777, with a worker and a Redis of its own on 6380, so that an attack
+on the old stack never fills the shipped stack's Redis or keeps its worker busy). During each attack a legitimate client on the Pi
 (127.0.0.1; the attacker comes from other addresses, as the limits key on the address) asks
 /api/health every 0.2 s and runs the stream check over a probe, while the backend container's
 memory and the connections its port holds are sampled (molecule/rehearse/hostile_agent.py).
@@ -102,6 +103,8 @@ class Stack:
 
 SHIPPED = Stack("shipped", 443, "backend", 7776, "/var/lib/pi5-backend", "/var/log/nginx/access.log")
 OLD = Stack("old", 8443, "backend-old", 7777, f"{OLD_DIR}/data", f"{OLD_DIR}/access.log")
+OLD_WORKER = "worker-old"
+OLD_REDIS_PORT = 6380
 
 
 def edited(text: str, edits: list[tuple[str, str]], dropped: tuple[str, ...] = ()) -> str:
@@ -122,13 +125,17 @@ def start_old_stack(token: str) -> None:
     env = {k: v for k, v in (e.split("=", 1) for e in live["Config"]["Env"]) if k.startswith("BACKEND_")}
     env.pop("BACKEND_AUTH_TOKEN", None)
     # Beside the shipped backend on the host's network (as site.yml runs it), on its own loopback port.
-    env |= OLD_BACKEND_ENV | {"BACKEND_PORT": str(OLD.backend_port)}
+    env |= OLD_BACKEND_ENV | {"BACKEND_PORT": str(OLD.backend_port), "BACKEND_REDIS_PORT": str(OLD_REDIS_PORT)}
     assert token not in json.dumps(env)
-    sh("docker rm -f backend-old >/dev/null 2>&1", check=False)
-    on_pi("docker", "run", "-d", "--name", "backend-old", "--network", "host", "--user", live["Config"]["User"],
+    start_old_redis(env["BACKEND_REDIS_PASSWORD"])
+    sh(f"docker rm -f {OLD.container} {OLD_WORKER} >/dev/null 2>&1", check=False)
+    common = ["--network", "host", "--user", live["Config"]["User"], "-v", f"{OLD_DIR}/data:/data", "--read-only",
+              "--tmpfs", "/tmp:size=16m", "--init", *(f"--env={k}={v}" for k, v in env.items())]
+    on_pi("docker", "run", "-d", "--name", OLD.container, *common,
           "--memory", f"{live['HostConfig']['Memory']}", "--memory-swap", f"{live['HostConfig']['Memory']}",
-          "-v", f"{OLD_DIR}/data:/data", "--read-only", "--tmpfs", "/tmp:size=16m", "--init",
-          *(f"--env={k}={v}" for k, v in env.items()), live["Config"]["Image"])
+          live["Config"]["Image"])
+    on_pi("docker", "run", "-d", "--name", OLD_WORKER, "--no-healthcheck", *common, live["Config"]["Image"],
+          "python", "-m", "app.worker")
     on_pi("nginx", "-t", "-q", "-c", f"{OLD_DIR}/nginx.conf")
     on_pi("nginx", "-c", f"{OLD_DIR}/nginx.conf")
     for _ in range(60):
@@ -136,11 +143,22 @@ def start_old_stack(token: str) -> None:
                for stack in (SHIPPED, OLD)):
             return
         time.sleep(0.5)
-    pytest.fail("the old stack did not come up: " + sh(f"docker logs backend-old 2>&1 | tail -5; tail -5 {OLD_DIR}/error.log", check=False))
+    pytest.fail("the old stack did not come up: " + sh(
+        f"docker logs {OLD.container} 2>&1 | tail -5; docker logs {OLD_WORKER} 2>&1 | tail -5; tail -5 {OLD_DIR}/error.log",
+        check=False))
+
+
+def start_old_redis(password: str) -> None:
+    """A throwaway redis-server (the Pi's binary) for the old stack on 127.0.0.1:6380, its config on stdin."""
+    config = (f"port {OLD_REDIS_PORT}\nbind 127.0.0.1\nsave \"\"\nappendonly no\ndaemonize yes\n"
+              f"dir {OLD_DIR}\npidfile {OLD_DIR}/redis.pid\nrequirepass \"{password}\"\n")
+    subprocess.run(["docker", "exec", "-i", INSTANCE, "redis-server", "-"], input=config, text=True, check=True,
+                   capture_output=True)
 
 
 def stop_old_stack() -> None:
-    sh(f"nginx -s quit -c {OLD_DIR}/nginx.conf; docker rm -f backend-old", check=False)
+    sh(f"nginx -s quit -c {OLD_DIR}/nginx.conf; docker rm -f {OLD.container} {OLD_WORKER}; "
+       f"kill $(cat {OLD_DIR}/redis.pid)", check=False)
 
 
 def ipv6_loopback_prefix() -> None:
