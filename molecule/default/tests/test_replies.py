@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ REDIS_PASSWORD_FILE = PROJECT / ".cache" / "sim-redis-password"
 CLIENT = Path(__file__).resolve().parents[1] / "sse_client.py"
 ON_PI = "/root/sse_client.py"
 API, WORKER = "backend", "chat-worker"
+BACKEND_PORT = 7776
 QUEUE_DOWN = "the reply queue is unavailable (Redis); try again shortly"
 # The demo provider echoes the message word by word, 40 ms apart: about 8 s of reply to break things in.
 MESSAGE = " ".join(f"word{i}" for i in range(200))
@@ -121,6 +124,21 @@ def test_both_containers_log_in_to_redis_with_the_shared_port_and_password(host:
         env = dict(item.split("=", 1) for item in inspect(host, name)["Config"]["Env"])
         assert (env["BACKEND_REDIS_HOST"], env["BACKEND_REDIS_PORT"], env["BACKEND_REDIS_PASSWORD"]) == (
             "127.0.0.1", "6379", password), name
+
+
+def test_the_api_runs_one_delivery_process_per_core_each_on_its_own_socket(host: Any) -> None:
+    """BACKEND_PROCESSES is the Pi's core count (2 on this machine's simulated Pis: more than one, so a role that
+    left it at the backend's default of 1 fails here). Each process listens on a SO_REUSEPORT socket of its own,
+    which the supervisor that made them also holds; a process that holds exactly one socket is a server."""
+    cores = int(host.check_output("grep -c ^processor /proc/cpuinfo"))
+    env = dict(item.split("=", 1) for item in inspect(host, API)["Config"]["Env"])
+    assert env["BACKEND_PROCESSES"] == str(cores) and cores >= 2, (env["BACKEND_PROCESSES"], cores)
+    with host.sudo():
+        listeners = host.check_output(f"ss -Hltnp 'sport = :{BACKEND_PORT}'").splitlines()
+    holders = Counter(pid for line in listeners for pid in re.findall(r"pid=(\d+)", line))
+    servers = {pid for pid, sockets in holders.items() if sockets == 1}
+    assert len(listeners) == cores and len(servers) == cores, listeners
+    assert servers <= container_pids(host, API)
 
 
 def listening_pids(host: Any) -> set[str]:
