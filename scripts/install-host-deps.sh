@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What `make demo` and `make test` need on the machine itself, installed from
 # Debian when missing: a Docker engine (the simulated Pis run in it), debootstrap
-# (builds their images without a registry), the real nginx, curl and Chromium the
-# tests drive, Python's venv and Node.js (the toolchains), and the proxies the
+# (builds their images without a registry), the real nginx, curl, Chromium and
+# redis-server the tests drive, Python's venv and Node.js (the toolchains), and the proxies the
 # stream check is tested against. Idempotent and quick when nothing is missing.
 # Installing needs root; otherwise it stops and prints the command to run.
 # `install-host-deps.sh arm64` adds what `make arm64` needs: QEMU's full arm64
@@ -12,6 +12,8 @@ set -euo pipefail
 
 packages=(docker.io debootstrap nginx-light curl chromium ca-certificates iproute2 make openssl
           openssh-client python3-venv
+          # The backend's tests start their own redis-server (password, loopback, a free port).
+          redis-server
           # The stream check's third-party proxies (tests/third_party), all in bookworm's main archive.
           haproxy apache2 libapache2-mod-security2 lighttpd caddy)
 if [[ ${1:-} == arm64 ]]; then

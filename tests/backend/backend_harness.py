@@ -1,19 +1,23 @@
-"""Run the real backend for tests, on free loopback ports.
+"""Run the real backend for tests, on free loopback ports, with a real Redis of its own.
 
-Most tests run it exactly as the image does (``python -m app`` in a
-subprocess) and talk to it over raw sockets. A few run it in-process (same
-uvicorn server class, own thread) to inject a fake provider or to shrink the
-server's socket buffers.
+Most tests run it exactly as the containers do (``python -m app`` and
+``python -m app.worker`` in subprocesses, a redis-server beside them) and talk
+to it over raw sockets. A few run it in-process (the same uvicorn server class
+and worker, each in a thread of its own) to inject a fake provider or to
+shrink the server's socket buffers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -27,6 +31,8 @@ from app.main import create_app
 from app.providers import Provider
 from app.server import build_server
 from app.settings import Settings
+from app.worker import Worker, build_worker, serve
+from tests.redis_server import RedisServer
 from tests.testkit import free_port
 
 BACKEND_DIR = Path(__file__).resolve().parents[2] / "files" / "backend"
@@ -52,39 +58,59 @@ class Spawner(Protocol):
 
 
 class BackendProcess:
-    """``python -m app`` in a subprocess, as the container runs it."""
+    """The backend as its two containers run it: ``python -m app`` (the API, on ``port``) and
+    ``python -m app.worker``, beside a redis-server of their own."""
 
     def __init__(self, data_dir: Path, log_path: Path, **settings: str) -> None:
         self.port = free_port()
         self.data_dir = data_dir
         self.log_path = log_path
+        self.worker_log_path = log_path.with_name("worker.log")
+        self.redis = RedisServer(log_path.parent / "redis")
         self.env = clean_env(
             {
                 "BACKEND_HOST": "127.0.0.1",
                 "BACKEND_PORT": str(self.port),
                 "BACKEND_DATA_DIR": str(data_dir),
+                **self.redis.env(),
                 **settings,
             }
         )
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the API
+        self.worker: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BackendProcess:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app"],
+        """Redis (unless it runs), the worker and the API."""
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        self.start_worker()
+        return self.start_api()
+
+    def start_api(self) -> BackendProcess:
+        self.proc = self._run("app", self.log_path)
+        return self
+
+    def start_worker(self) -> BackendProcess:
+        self.worker = self._run("app.worker", self.worker_log_path)
+        return self
+
+    def _run(self, module: str, log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", module],
                 cwd=BACKEND_DIR,
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        return self
 
     def wait_ready(self) -> BackendProcess:
         assert self.proc is not None
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"backend exited with {self.proc.returncode}:\n{self.log()}")
+            for name, proc in (("backend", self.proc), ("worker", self.worker)):
+                if proc is not None and proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode}:\n{self.log()}")
             try:
                 url = f"http://127.0.0.1:{self.port}/api/health"
                 with urllib.request.urlopen(url, timeout=1) as response:
@@ -95,29 +121,65 @@ class BackendProcess:
         pytest.fail(f"backend did not answer /api/health in {STARTUP_TIMEOUT_S}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        """The API's log, then the worker's."""
+        logs = (path.read_text(errors="replace") for path in (self.log_path, self.worker_log_path) if path.exists())
+        return "\n".join(logs)
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM (what docker stop sends), then wait; returns the exit code."""
+        """SIGTERM (what docker stop sends) to the API, then the worker and Redis; the API's exit code."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
+        code = stop_process(self.proc, timeout)
+        if self.worker is not None:
+            stop_process(self.worker, timeout)
+        self.redis.stop()
+        return code
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM, then wait; SIGKILL after ``timeout`` (and TimeoutExpired raised)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 @contextlib.contextmanager
 def inprocess_backend(
     settings: Settings, provider: Provider | None = None, *, sndbuf: int | None = None
 ) -> Iterator[int]:
-    """Serve create_app(settings, provider) with the production server class in a
-    thread; ``sndbuf`` shrinks the send buffer of accepted sockets. Yields the port."""
-    app = create_app(settings, provider)
-    server = build_server(settings, app)
+    """Serve create_app(settings) with the production server class in a thread, and a worker
+    (``provider`` overriding the settings' one) in another, on a new Redis; ``sndbuf``
+    shrinks the send buffer of accepted sockets. Yields the API's port."""
+    with tempfile.TemporaryDirectory(prefix="redis-") as folder:
+        redis = RedisServer(Path(folder)).start()
+        settings = dataclasses.replace(settings, redis_port=redis.port, redis_password=redis.password)
+        try:
+            with _worker_thread(build_worker(settings, provider)), _server_thread(settings, sndbuf) as port:
+                yield port
+        finally:
+            redis.stop()
+
+
+@contextlib.contextmanager
+def _worker_thread(worker: Worker) -> Iterator[None]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(worker),), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        loop.call_soon_threadsafe(worker.stop)
+        thread.join(15)
+        loop.close()
+
+
+@contextlib.contextmanager
+def _server_thread(settings: Settings, sndbuf: int | None) -> Iterator[int]:
+    server = build_server(settings, create_app(settings))
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if sndbuf is not None:

@@ -25,10 +25,11 @@ def spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spawner]:
         return backend
 
     yield _spawn
-    running = [b for b in started if b.proc is not None and b.proc.poll() is None]
+    running = [b for b in started if b.proc is not None]
     for backend in running:  # signal all first, then wait: they stop in parallel
-        assert backend.proc is not None
-        backend.proc.terminate()
+        for proc in (backend.proc, backend.worker):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
     for backend in running:
         with contextlib.suppress(subprocess.TimeoutExpired):
             backend.stop()

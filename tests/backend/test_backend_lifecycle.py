@@ -1,19 +1,21 @@
-"""Stream lifecycles: client gone, client stalled, server stopping, restart."""
+"""Stream lifecycles: client gone, client stalled, API or worker stopping, restart."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import select
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from app.providers import Turn
 from app.settings import Settings
-from tests.backend.backend_client import SSEConnection, comments, events, get_json, post_json
+from app.streaming import SHUTDOWN_MESSAGE
+from tests.backend.backend_client import Block, SSEConnection, comments, events, get_json, post_json
 from tests.backend.backend_harness import Spawner, inprocess_backend
 
 
@@ -45,9 +47,24 @@ class EndlessProvider:
         return None
 
 
-def test_client_disconnect_stops_the_provider(tmp_path: Path) -> None:
-    provider = EndlessProvider(interval_s=0.02)
-    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=5)
+class FiniteProvider(EndlessProvider):
+    """Yields ``count`` tokens, then ends."""
+
+    def __init__(self, count: int, interval_s: float) -> None:
+        super().__init__(interval_s)
+        self.count = count
+
+    async def stream(self, conversation: Sequence[Turn]) -> AsyncIterator[str]:
+        async for token in super().stream(conversation):
+            yield token
+            if self.yielded == self.count:
+                return
+
+
+def test_a_client_that_leaves_does_not_stop_its_reply(tmp_path: Path) -> None:
+    """The reply is generated apart from its delivery: it ends whole and is stored whole."""
+    provider = FiniteProvider(count=30, interval_s=0.02)
+    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=5, chat_rate_per_s=0)
     with inprocess_backend(settings, provider) as port:
         conn = post_json(port, "/api/chat/message", {"message": "go", "threadId": "gone"})
         received = []
@@ -57,22 +74,17 @@ def test_client_disconnect_stops_the_provider(tmp_path: Path) -> None:
                 if len(received) == 3:
                     break
         conn.close()
-        assert provider.closed.wait(2), "provider still iterated after the client left"
-        count = provider.yielded
-        time.sleep(0.3)  # 15 more tokens would have come by now
-        assert provider.yielded == count
-        assert count < 3 + 10
-
         deadline = time.monotonic() + 5
-        while True:  # the partial reply is persisted once the stream unwinds
+        while True:  # the whole reply is stored once the worker ends it
             _, _, thread = get_json(port, "/api/chat/threads/gone")
             if len(thread["messages"]) == 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
     reply = thread["messages"][1]
-    assert reply["role"] == "assistant"
-    assert reply["status"] == "interrupted"
-    assert reply["content"].startswith("".join(received))
+    assert (reply["role"], reply["status"]) == ("assistant", "complete")
+    assert reply["content"] == "".join(f" t{i}" for i in range(1, 31))
+    assert received == [" t1", " t2", " t3"]
+    assert provider.yielded == 30
 
 
 def test_heartbeat_while_the_model_thinks_and_open_before_it(tmp_path: Path) -> None:
@@ -129,38 +141,71 @@ def test_slow_but_reading_client_is_not_dropped(tmp_path: Path) -> None:
     assert evts[-1].data["content"]["tokens"] == 12
 
 
-def test_shutdown_ends_open_streams_with_error_then_done(
-    spawn: Spawner,
-) -> None:
+LONG_MESSAGE = " ".join(f"word{i}" for i in range(300))  # ~30 s of reply at 100 ms a token
+
+
+def first_tokens(conn: SSEConnection, count: int) -> tuple[Iterator[Block], list[Block]]:
+    """The stream's blocks from the start to its ``count``-th token, and the iterator for the rest."""
+    blocks = conn.iter_blocks()
+    seen: list[Block] = []
+    for block in blocks:
+        seen.append(block)
+        if len([b for b in seen if b.is_event and b.data["type"] == "token"]) == count:
+            break
+    return blocks, seen
+
+
+def test_stopping_the_api_ends_its_streams_and_the_reply_goes_on(spawn: Spawner) -> None:
+    """docker stop of the API container mid-reply: the stream ends cleanly at once, without a
+    final event of its own; the reply goes on in Redis and the client resumes on the restarted
+    API with Last-Event-ID, getting the rest exactly once."""
     backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="5")
     backend.start().wait_ready()
-    long_message = " ".join(f"word{i}" for i in range(300))  # ~30 s of reply
-    payload = {"message": long_message, "threadId": "shutdown"}
-    with post_json(backend.port, "/api/chat/message", payload) as conn:
-        blocks = conn.iter_blocks()
-        tokens = 0
-        for block in blocks:
-            if block.is_event and block.data["type"] == "token":
-                tokens += 1
-                if tokens == 3:
-                    break
+    with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "api-restart"}) as conn:
+        blocks, seen = first_tokens(conn, 3)
         stop_at = time.monotonic()
         assert backend.proc is not None
         backend.proc.terminate()  # SIGTERM, as docker stop
+        seen += list(blocks)
+        ended = time.monotonic() - stop_at
+    assert conn.decoder.finished, "a clean end of the body, not a cut connection"
+    assert ended < 3, "streams end at once, not at the graceful-shutdown deadline"
+    assert {e.data["type"] for e in events(seen)} <= {"status", "token"}, "no error, no done: the reply goes on"
+    # uvicorn re-raises the SIGTERM after its graceful shutdown (as PID 1 in a container that is a no-op)
+    assert backend.proc.wait(10) in {0, -signal.SIGTERM}
+
+    backend.start_api().wait_ready()
+    last_id = events(seen)[-1].id
+    with SSEConnection(backend.port, "GET", conn.headers["content-location"],
+                       headers={"Last-Event-ID": str(last_id)}) as resumed:
+        rest = events(resumed.read_all())
+    whole = events(seen) + rest
+    assert [e.id for e in whole] == list(range(1, len(whole) + 1)), "nothing missing, nothing twice"
+    assert rest[0].id == last_id + 1
+    assert whole[-1].data["type"] == "done"
+    text = "".join(e.data["content"] for e in whole if e.data["type"] == "token")
+    assert whole[-1].data["content"]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert "Traceback" not in backend.log()
+
+
+def test_stopping_the_worker_ends_running_replies_with_error_then_done(spawn: Spawner) -> None:
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="1")
+    backend.start().wait_ready()
+    with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "worker-stop"}) as conn:
+        blocks, _ = first_tokens(conn, 3)
+        stop_at = time.monotonic()
+        assert backend.worker is not None
+        backend.worker.terminate()  # SIGTERM, as docker stop
         rest = events(list(blocks))
         ended = time.monotonic() - stop_at
     assert [e.data["type"] for e in rest][-2:] == ["error", "done"]
-    assert "shutting down" in rest[-2].data["content"]
-    assert conn.eof or conn.decoder.finished
-    assert ended < 3, "streams end at once, not at the graceful-shutdown deadline"
-    # uvicorn re-raises the SIGTERM after its graceful shutdown (as PID 1 in
-    # a container that is a no-op and the exit code is 0)
-    assert backend.proc.wait(10) in {0, -signal.SIGTERM}
-    assert "Traceback" not in backend.log()
-    lines = (backend.data_dir / "threads" / "shutdown.jsonl").read_text().splitlines()
+    assert rest[-2].data["content"] == SHUTDOWN_MESSAGE
+    assert 0.9 < ended < 4, "the running reply had BACKEND_GRACEFUL_SHUTDOWN_S to finish, then ended"
+    assert backend.worker.wait(10) == 0
+    lines = (backend.data_dir / "threads" / "worker-stop.jsonl").read_text().splitlines()
     stored = json.loads(lines[-1])  # one JSON line per message, the reply last
-    assert stored["status"] == "interrupted"
-    assert "shutting down" in stored["error"]
+    assert (stored["status"], stored["error"]) == ("interrupted", SHUTDOWN_MESSAGE)
+    assert "Traceback" not in backend.log()
 
 
 def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:

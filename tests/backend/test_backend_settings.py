@@ -12,10 +12,12 @@ import pytest
 from app.settings import DEFAULT_ANTHROPIC_MODEL, Settings, SettingsError
 from tests.backend.backend_harness import BACKEND_DIR, clean_env
 
+REDIS = {"BACKEND_REDIS_PASSWORD": "redis-secret"}
+
 
 def test_defaults() -> None:
-    settings = Settings.from_env({"BACKEND_AUTH_TOKEN": "tok"})
-    assert settings == Settings(auth_token="tok")
+    settings = Settings.from_env({"BACKEND_AUTH_TOKEN": "tok", **REDIS})
+    assert settings == Settings(auth_token="tok", redis_password="redis-secret")
     assert (settings.port, settings.host, settings.provider) == (
         7776,
         "0.0.0.0",  # noqa: S104  (the default inside the container)
@@ -31,12 +33,41 @@ def test_defaults() -> None:
     assert (settings.max_body_kb, settings.header_timeout_s, settings.max_connections) == (64, 10, 2048)
     assert (settings.thread_max_kb, settings.store_max_mb) == (1024, 1024)
     assert (settings.probe_max_streams, settings.probe_max_s) == (32, 60)
+    assert (settings.redis_host, settings.redis_port, settings.redis_outage_s) == ("127.0.0.1", 6379, 30)
+    assert (settings.processes, settings.worker_concurrency, settings.worker_lease_ms) == (1, 16, 5000)
+    assert (settings.reply_ttl_s, settings.reply_max_events) == (600, 20_000)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (None, "BACKEND_REDIS_PASSWORD: required"),
+        ("", "BACKEND_REDIS_PASSWORD: required"),
+        ("  ", "BACKEND_REDIS_PASSWORD: required"),
+        (" pw ", "BACKEND_REDIS_PASSWORD: has leading"),
+    ],
+)
+def test_the_redis_password_is_required(value: str | None, message: str) -> None:
+    env = {"BACKEND_AUTH": "off"} | ({} if value is None else {"BACKEND_REDIS_PASSWORD": value})
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)
+
+
+def test_each_process_enforces_its_share_of_the_limits() -> None:
+    settings = Settings.from_env({"BACKEND_AUTH": "off", "BACKEND_PROCESSES": "4", "BACKEND_PROBE_MAX_STREAMS": "30",
+                                  "BACKEND_CHAT_BURST": "10", "BACKEND_MAX_CONNECTIONS": "2048", **REDIS})
+    share = settings.one_process_share()
+    assert (share.probe_max_streams, share.chat_burst, share.max_connections) == (8, 3, 512)
+    assert (share.chat_rate_per_s, share.probe_rate_per_s) == (0.25, 1.25)
+    assert settings.one_process_share().processes == 4
+    one = Settings.from_env({"BACKEND_AUTH": "off", **REDIS})
+    assert one.one_process_share() is one
 
 
 @pytest.mark.parametrize(
     ("env", "names"),
     [
-        ({}, "BACKEND_AUTH_TOKEN: required"),
+        (REDIS, "BACKEND_AUTH_TOKEN: required"),
         ({"BACKEND_AUTH_TOKEN": ""}, "BACKEND_AUTH_TOKEN: set but blank"),
         ({"BACKEND_AUTH_TOKEN": "   "}, "BACKEND_AUTH_TOKEN: set but blank"),
         ({"BACKEND_AUTH_TOKEN": " tok "}, "BACKEND_AUTH_TOKEN: has leading"),
@@ -46,11 +77,11 @@ def test_defaults() -> None:
 )
 def test_auth_is_never_off_by_accident(env: dict[str, str], names: str) -> None:
     with pytest.raises(SettingsError, match=names):
-        Settings.from_env(env)
+        Settings.from_env(REDIS | env)
 
 
 def test_auth_off_only_by_name() -> None:
-    settings = Settings.from_env({"BACKEND_AUTH": "OFF"})
+    settings = Settings.from_env({"BACKEND_AUTH": "OFF", **REDIS})
     assert (settings.auth_off, settings.auth_token) == (True, None)
 
 
@@ -75,6 +106,15 @@ def test_every_variable_is_read_with_its_type() -> None:
         "BACKEND_FORWARDED_ALLOW_IPS": "172.17.0.1,127.0.0.1",
         "BACKEND_PROBE_RATE_PER_S": "0.5",
         "BACKEND_LOG_LEVEL": "DEBUG",
+        "BACKEND_REDIS_HOST": "::1",
+        "BACKEND_REDIS_PORT": "6380",
+        "BACKEND_REDIS_PASSWORD": "pw",
+        "BACKEND_REDIS_OUTAGE_S": "2.5",
+        "BACKEND_PROCESSES": "4",
+        "BACKEND_WORKER_CONCURRENCY": "3",
+        "BACKEND_WORKER_LEASE_MS": "1500",
+        "BACKEND_REPLY_TTL_S": "60",
+        "BACKEND_REPLY_MAX_EVENTS": "100",
     }
     assert Settings.from_env(env) == Settings(
         port=8080,
@@ -96,16 +136,25 @@ def test_every_variable_is_read_with_its_type() -> None:
         forwarded_allow_ips="172.17.0.1,127.0.0.1",
         probe_rate_per_s=0.5,
         log_level="debug",
+        redis_host="::1",
+        redis_port=6380,
+        redis_password="pw",
+        redis_outage_s=2.5,
+        processes=4,
+        worker_concurrency=3,
+        worker_lease_ms=1500,
+        reply_ttl_s=60,
+        reply_max_events=100,
     )
 
 
 def test_blank_values_mean_unset() -> None:
-    settings = Settings.from_env({"BACKEND_PORT": " ", "BACKEND_AUTH": "off"})
+    settings = Settings.from_env({"BACKEND_PORT": " ", "BACKEND_AUTH": "off", **REDIS})
     assert (settings.port, settings.auth_token) == (7776, None)
 
 
 def test_secrets_stay_out_of_repr() -> None:
-    text = repr(Settings(anthropic_api_key="sk-ant-secret", auth_token="tok-secret"))
+    text = repr(Settings(anthropic_api_key="sk-ant-secret", auth_token="tok-secret", redis_password="pw-secret"))
     assert "secret" not in text
 
 
@@ -136,11 +185,22 @@ def test_secrets_stay_out_of_repr() -> None:
         ("BACKEND_STORE_MAX_MB", "0"),
         ("BACKEND_PROBE_MAX_STREAMS", "-1"),
         ("BACKEND_PROBE_MAX_S", "0"),
+        ("BACKEND_REDIS_PORT", "0"),
+        ("BACKEND_REDIS_PORT", "redis"),
+        ("BACKEND_REDIS_OUTAGE_S", "0"),
+        ("BACKEND_PROCESSES", "0"),
+        ("BACKEND_PROCESSES", "1.5"),
+        ("BACKEND_PROCESSES", "257"),
+        ("BACKEND_WORKER_CONCURRENCY", "0"),
+        ("BACKEND_WORKER_LEASE_MS", "999"),
+        ("BACKEND_REPLY_TTL_S", "5"),
+        ("BACKEND_REPLY_MAX_EVENTS", "9"),
+        ("BACKEND_REPLY_MAX_EVENTS", "many"),
     ],
 )
 def test_invalid_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"^{name}: .*{value!r}"):
-        Settings.from_env({name: value})
+        Settings.from_env(REDIS | {name: value})
 
 
 def test_bad_setting_stops_the_process_before_it_serves() -> None:

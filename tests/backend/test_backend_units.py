@@ -1,29 +1,25 @@
-"""Pure units: encoding, splitting, rate limiting, storage, the stream core."""
+"""Pure units: encoding, splitting, rate limiting, storage, the reply core."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from app.delivery import split_inside_character
 from app.probe import PROBE_TOKENS, ProbeParams, probe_contents
 from app.providers import ProviderError, Turn
 from app.providers.anthropic_api import to_messages
 from app.providers.demo import demo_reply, demo_tokens
 from app.ratelimit import RateLimiter, client_key, retry_after_seconds
-from app.sse import encode_event
+from app.sse import encode_event, event_json
 from app.storage import StoredMessage, StoreFullError, ThreadStore
-from app.streaming import (
-    SHUTDOWN_MESSAGE,
-    StreamOptions,
-    StreamResult,
-    split_inside_character,
-    sse_stream,
-)
+from app.streaming import SHUTDOWN_MESSAGE, StreamOptions, StreamResult, reply_events
 
 
 def test_encode_event_is_one_compact_utf8_data_line() -> None:
@@ -231,24 +227,14 @@ async def collect(
     tokens: AsyncIterator[str],
     options: StreamOptions,
     shutdown: asyncio.Event | None = None,
-) -> tuple[list[bytes], StreamResult]:
+) -> tuple[list[dict[str, object]], StreamResult]:
+    """The reply's events as their JSON reads (the worker writes exactly that), and its result."""
     result = StreamResult()
-    chunks = [
-        chunk
-        async for chunk in sse_stream(
-            tokens,
-            thread_id="t",
-            options=options,
-            shutdown=shutdown or asyncio.Event(),
-            result=result,
-        )
+    events = [
+        json.loads(event_json(event.kind, "t", event.content))
+        async for event in reply_events(tokens, options=options, shutdown=shutdown or asyncio.Event(), result=result)
     ]
-    return chunks, result
-
-
-def parse(chunks: list[bytes]) -> list[dict[str, object]]:
-    blocks = b"".join(chunks).split(b"\n\n")
-    return [json.loads(b.split(b"data: ", 1)[1]) for b in blocks if b.startswith(b"id: ")]
+    return events, result
 
 
 def test_core_provider_error_becomes_error_then_done() -> None:
@@ -256,8 +242,7 @@ def test_core_provider_error_becomes_error_then_done() -> None:
         yield "partial"
         raise ProviderError("the model refused")
 
-    chunks, result = asyncio.run(collect(failing(), StreamOptions(heartbeat_s=5)))
-    evts = parse(chunks)
+    evts, result = asyncio.run(collect(failing(), StreamOptions()))
     assert [e["type"] for e in evts] == ["token", "error", "done"]
     assert evts[1]["content"] == "the model refused"
     assert evts[2]["content"] == {
@@ -277,29 +262,51 @@ def test_core_unexpected_exception_still_ends_with_done() -> None:
         yield "x"
         raise KeyError("boom")
 
-    chunks, result = asyncio.run(collect(buggy(), StreamOptions(heartbeat_s=5)))
-    evts = parse(chunks)
+    evts, result = asyncio.run(collect(buggy(), StreamOptions()))
     assert [e["type"] for e in evts] == ["token", "error", "done"]
     assert "KeyError" in str(evts[1]["content"])
     assert result.outcome == "error"
 
 
-def test_core_idle_timeout_gives_up_with_keepalives_before() -> None:
+def test_core_idle_timeout_gives_up() -> None:
     async def silent() -> AsyncIterator[str]:
+        yield "first"
         await asyncio.sleep(30)
         yield "never"
 
-    options = StreamOptions(heartbeat_s=0.1, idle_timeout_s=0.45)
-    chunks, result = asyncio.run(collect(silent(), options))
-    assert 3 <= chunks.count(b": keepalive\n\n") <= 5
-    evts = parse(chunks)
-    assert [e["type"] for e in evts] == ["error", "done"]
-    assert "timed out" in str(evts[0]["content"])
+    started = time.monotonic()
+    evts, result = asyncio.run(collect(silent(), StreamOptions(idle_timeout_s=0.3)))
+    assert 0.25 < time.monotonic() - started < 2
+    assert [e["type"] for e in evts] == ["token", "error", "done"]
+    assert "timed out" in str(evts[1]["content"])
     assert result.outcome == "error"
 
 
-def test_core_shutdown_interrupts_a_stream() -> None:
-    async def scenario() -> tuple[list[bytes], StreamResult]:
+def test_core_preface_comes_first() -> None:
+    async def one() -> AsyncIterator[str]:
+        yield "a"
+
+    evts, _ = asyncio.run(collect(one(), StreamOptions(preface=(("status", "generating"),))))
+    assert [(e["type"], e["content"]) for e in evts[:2]] == [("status", "generating"), ("token", "a")]
+
+
+def test_core_a_reply_past_max_events_is_cut_with_an_error() -> None:
+    async def endless() -> AsyncIterator[str]:
+        while True:
+            yield "t"
+            await asyncio.sleep(0)
+
+    options = StreamOptions(preface=(("status", "generating"),), max_events=12)
+    evts, result = asyncio.run(collect(endless(), options))
+    assert len(evts) == 12  # status, 9 tokens, error, done: never more than the cap
+    assert [e["type"] for e in evts[-2:]] == ["error", "done"]
+    assert "too long" in str(evts[-2]["content"])
+    assert evts[-1]["content"]["tokens"] == 9  # type: ignore[index]
+    assert result.outcome == "error"
+
+
+def test_core_shutdown_interrupts_a_reply() -> None:
+    async def scenario() -> tuple[list[dict[str, object]], StreamResult]:
         shutdown = asyncio.Event()
 
         async def endless() -> AsyncIterator[str]:
@@ -308,14 +315,12 @@ def test_core_shutdown_interrupts_a_stream() -> None:
                 await asyncio.sleep(0.01)
 
         asyncio.get_running_loop().call_later(0.1, shutdown.set)
-        return await collect(endless(), StreamOptions(heartbeat_s=5), shutdown)
+        return await collect(endless(), StreamOptions(), shutdown)
 
-    chunks, result = asyncio.run(scenario())
-    evts = parse(chunks)
+    evts, result = asyncio.run(scenario())
     assert [e["type"] for e in evts][-2:] == ["error", "done"]
     assert evts[-2]["content"] == SHUTDOWN_MESSAGE
     assert result.outcome == "interrupted"
-    assert chunks[0] == b": open\n\nretry: 3000\n\n"
 
 
 def test_core_source_dying_without_an_exception_still_ends_with_done() -> None:
@@ -323,8 +328,7 @@ def test_core_source_dying_without_an_exception_still_ends_with_done() -> None:
         yield "x"
         raise asyncio.CancelledError  # e.g. a library cancelling its own work
 
-    chunks, result = asyncio.run(collect(cancelled_inside(), StreamOptions(heartbeat_s=5)))
-    evts = parse(chunks)
+    evts, result = asyncio.run(collect(cancelled_inside(), StreamOptions()))
     assert [e["type"] for e in evts] == ["token", "error", "done"]
     assert evts[1]["content"] == "generation stopped unexpectedly"
     assert result.outcome == "error"

@@ -1,6 +1,7 @@
 """Real nginx and the real backend on 127.0.0.1, for the stream check's nginx suite.
 
-- :class:`Backend`: ``files/backend`` run as ``python -m app`` from ``.venv-backend``.
+- :class:`Backend`: ``files/backend`` run as ``python -m app`` and ``python -m app.worker`` from
+  ``.venv-backend``, with a redis-server of its own.
 - :func:`render_sites`: the nginx role's ``streaming-site.conf.j2`` and
   ``nginx.conf.j2`` rendered by ``ansible-playbook`` (``render_sites.yml``),
   one run for every case.
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import RedisServer
 from tests.testkit import free_port, self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,11 +98,14 @@ def nginx_version() -> str:
 
 
 class Backend:
-    """The reference backend as the image runs it: ``python -m app`` in ``files/backend``."""
+    """The reference backend as the containers run it: ``python -m app`` (the API) and
+    ``python -m app.worker`` in ``files/backend``, beside a redis-server of their own."""
 
     def __init__(self, folder: Path, **settings: str) -> None:
         self.port = free_port()
         self.log_path = folder / "backend.log"
+        self.worker_log_path = folder / "worker.log"
+        self.redis = RedisServer(folder / "redis")
         data = folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKEND_", "ANTHROPIC_"))}
@@ -110,10 +115,12 @@ class Backend:
                 "BACKEND_HOST": "127.0.0.1",
                 "BACKEND_PORT": str(self.port),
                 "BACKEND_DATA_DIR": str(data),
+                **self.redis.env(),
                 **settings,
             }
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Backend:
         """Start it (after making sure .venv-backend is current); :meth:`wait_ready` waits for it."""
@@ -122,9 +129,15 @@ class Backend:
         )
         if venv.returncode != 0:
             raise RuntimeError(f"scripts/backend-venv.sh failed:\n{venv.stdout}{venv.stderr}")
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(BACKEND_PYTHON), "-m", "app"],
+        self.redis.start()
+        self.worker = self._run("app.worker", self.worker_log_path)
+        self.proc = self._run("app", self.log_path)
+        return self
+
+    def _run(self, module: str, log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log:
+            return subprocess.Popen(
+                [str(BACKEND_PYTHON), "-m", module],
                 cwd=BACKEND_DIR,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -132,14 +145,14 @@ class Backend:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        return self
 
     def wait_ready(self) -> Backend:
         assert self.proc is not None, "start() first"
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"backend exited with {self.proc.returncode}:\n{read_log(self.log_path)}")
+            for name, proc, log in (("backend", self.proc, self.log_path), ("worker", self.worker, self.worker_log_path)):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{read_log(log)}")
             with (
                 contextlib.suppress(OSError),
                 urllib.request.urlopen(self.url("/api/health"), timeout=1) as response,
@@ -153,8 +166,10 @@ class Backend:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop(self.proc)
+        for proc in (self.proc, self.worker):
+            if proc is not None:
+                stop(proc)
+        self.redis.stop()
 
 
 # --------------------------------------------------------------------------

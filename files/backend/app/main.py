@@ -11,13 +11,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from . import __version__
+from .delivery import Hub
 from .guard import RequestGuard
-from .providers import Provider, build_provider
+from .providers import configuration_problem
 from .ratelimit import RateLimiter
+from .replies import ReplyQueue
 from .routers import chat, health, probe
 from .settings import Settings
 from .state import AppState
-from .storage import ThreadStore
+from .storage import thread_store
 
 log = logging.getLogger(__name__)
 
@@ -28,38 +30,44 @@ MAX_ERROR_TEXT = 120
 DESCRIPTION = """\
 Streams chat replies as Server-Sent Events. Every stream starts with the comment
 `: open`, carries events `id: <n>` + `data: {"type", "threadId", "content", "ts"}`
-(no `event:` field), sends `: keepalive` comments during silences, and always ends
-with a `done` event (after an `error` event when generation failed).
+(no `event:` field), sends `: keepalive` comments during silences, and ends with a
+`done` event (after an `error` event when generation failed). Replies are generated
+by a worker into Redis: every SSE response names its reply's URL in `Content-Location`,
+and a GET of that URL with `Last-Event-ID` resumes after that event (without it, the
+whole reply is replayed). A reply that expired answers one `expired` event.
 """
 
 
-def create_app(settings: Settings, provider: Provider | None = None) -> FastAPI:
-    """Build the app; ``provider`` overrides the one chosen by the settings."""
+def create_app(settings: Settings, queue: ReplyQueue | None = None) -> FastAPI:
+    """Build the app (one per server process); ``queue`` overrides the Redis client of the settings."""
+    share = settings.one_process_share()
+    queue = queue or ReplyQueue(settings)
     state = AppState(
-        settings=settings,
-        provider=provider or build_provider(settings),
-        store=ThreadStore(
-            settings.data_dir,
-            thread_max_bytes=settings.thread_max_kb * 1024,
-            store_max_bytes=settings.store_max_mb * 1024 * 1024,
-        ),
-        probe_limiter=RateLimiter(settings.probe_rate_per_s, max_keys=settings.rate_limit_clients),
+        settings=share,
+        store=thread_store(settings),
+        queue=queue,
+        hub=Hub(queue),
+        probe_limiter=RateLimiter(share.probe_rate_per_s, max_keys=share.rate_limit_clients),
         chat_limiter=RateLimiter(
-            settings.chat_rate_per_s, burst=settings.chat_burst, max_keys=settings.rate_limit_clients
+            share.chat_rate_per_s, burst=share.chat_burst, max_keys=share.rate_limit_clients
         ),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        reason = state.store.not_writable_reason() or state.provider.not_ready_reason()
-        log.info("provider %s, data dir %s", state.provider.name, settings.data_dir)
+        reason = (
+            state.store.not_writable_reason()
+            or configuration_problem(settings)
+            or await state.queue.not_ready_reason()
+        )
+        log.info("provider %s (in the worker), data dir %s", settings.provider, settings.data_dir)
         if settings.auth_off:
             log.warning("BACKEND_AUTH=off: anyone who reaches this server can chat")
         if reason:
             log.warning("not ready: %s", reason)
         yield
-        state.begin_shutdown()
-        await state.provider.aclose()
+        await state.hub.close()
+        await state.queue.aclose()
 
     app = FastAPI(
         title="Chat backend",

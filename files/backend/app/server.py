@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from typing import Any
 
 import h11
@@ -13,17 +14,17 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .asgi import TransportAbortMiddleware
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .state import AppState
 
 
 class BackendServer(uvicorn.Server):
-    """Tell open streams the server is going away before uvicorn waits for them.
+    """End open streams before uvicorn waits for them.
 
     Uvicorn only runs the lifespan shutdown after every connection closed or
-    BACKEND_GRACEFUL_SHUTDOWN_S passed; streams that wait for that are cut
-    without a final event. Setting the app's shutdown event first lets each
-    stream send `error` + `done` and finish within the grace period.
+    BACKEND_GRACEFUL_SHUTDOWN_S passed. The replies themselves go on in Redis,
+    so each stream just ends at once (a clean end of the chunked body); the
+    client reconnects with Last-Event-ID to another process or the restarted one.
     """
 
     def __init__(self, config: uvicorn.Config, state: AppState) -> None:
@@ -31,7 +32,7 @@ class BackendServer(uvicorn.Server):
         self.app_state = state
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.app_state.begin_shutdown()
+        await self.app_state.hub.close()
         await super().shutdown(sockets=sockets)
 
 
@@ -90,6 +91,25 @@ def build_server(settings: Settings, app: FastAPI) -> BackendServer:
     )
     state: AppState = app.state.backend
     return BackendServer(config, state)
+
+
+def load_settings() -> Settings | None:
+    """The settings from the environment, or None after saying on stderr which one is wrong."""
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"backend: invalid configuration: {exc}", file=sys.stderr)
+        return None
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that the other processes bind too: the kernel spreads connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
 
 
 def configure_logging(level: str) -> None:

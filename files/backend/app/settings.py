@@ -6,9 +6,10 @@ process before it binds a port, with a message that names the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 
@@ -58,6 +59,16 @@ class Settings:
     probe_max_s: int = 60
     thread_max_kb: int = 1024
     store_max_mb: int = 1024
+    # Replies in flight live in Redis (README, "What lives in Redis").
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_password: str | None = field(default=None, repr=False)
+    redis_outage_s: float = 30.0
+    processes: int = 1
+    worker_concurrency: int = 16
+    worker_lease_ms: int = 5000
+    reply_ttl_s: int = 600
+    reply_max_events: int = 20_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -124,7 +135,46 @@ class Settings:
                 "BACKEND_THREAD_MAX_KB", int, d.thread_max_kb, low=16, high=1_048_576
             ),
             store_max_mb=e.number("BACKEND_STORE_MAX_MB", int, d.store_max_mb, low=1, high=1_048_576),
+            redis_host=e.text("BACKEND_REDIS_HOST", d.redis_host),
+            redis_port=e.number("BACKEND_REDIS_PORT", int, d.redis_port, low=1, high=65535),
+            redis_password=e.required_secret("BACKEND_REDIS_PASSWORD"),
+            redis_outage_s=e.number(
+                "BACKEND_REDIS_OUTAGE_S", float, d.redis_outage_s, low=1, high=3600
+            ),
+            processes=e.number("BACKEND_PROCESSES", int, d.processes, low=1, high=256),
+            worker_concurrency=e.number(
+                "BACKEND_WORKER_CONCURRENCY", int, d.worker_concurrency, low=1, high=10_000
+            ),
+            # Above a second: a lease refreshed every third of it must survive a busy event loop.
+            worker_lease_ms=e.number(
+                "BACKEND_WORKER_LEASE_MS", int, d.worker_lease_ms, low=1000, high=600_000
+            ),
+            reply_ttl_s=e.number("BACKEND_REPLY_TTL_S", int, d.reply_ttl_s, low=10, high=604_800),
+            reply_max_events=e.number(
+                "BACKEND_REPLY_MAX_EVENTS", int, d.reply_max_events, low=10, high=1_000_000
+            ),
         )._checked()
+
+    def one_process_share(self) -> Settings:
+        """The limits one of BACKEND_PROCESSES processes enforces: its share of each global one.
+
+        Every process counts in its own memory (no Redis round trip per request, no count
+        left behind by a process that died), and the kernel spreads connections evenly over
+        the processes; so each enforces 1/N of a cap or rate, rounded up to stay usable. The
+        sum never exceeds the setting by more than N-1; a client whose connection lands on a
+        full process is refused a little early and retries (Retry-After).
+        """
+        n = self.processes
+        if n == 1:
+            return self
+        return replace(
+            self,
+            max_connections=math.ceil(self.max_connections / n),
+            probe_max_streams=math.ceil(self.probe_max_streams / n),
+            chat_rate_per_s=self.chat_rate_per_s / n,
+            chat_burst=math.ceil(self.chat_burst / n),
+            probe_rate_per_s=self.probe_rate_per_s / n,
+        )
 
     def _checked(self) -> Settings:
         """Refuse an open backend unless asked for by name: never off by accident."""
@@ -157,6 +207,12 @@ class _Env:
         if value != value.strip():
             raise SettingsError(f"{name}: has leading or trailing white space")
         return value
+
+    def required_secret(self, name: str) -> str:
+        """A secret that must be given: unset is as much an error as blank."""
+        if not self.env.get(name, "").strip():
+            raise SettingsError(f"{name}: required (unset or blank)")
+        return cast("str", self.secret(name))
 
     def text(self, name: str, default: str) -> str:
         return self.optional(name) or default

@@ -26,7 +26,7 @@ from .asgi import ABORT_EXTENSION
 
 log = logging.getLogger(__name__)
 
-EventType = Literal["token", "status", "done", "error"]
+EventType = Literal["token", "status", "done", "error", "expired"]
 Content = str | Mapping[str, object]
 
 OPEN = b": open\n\nretry: 3000\n\n"
@@ -43,12 +43,22 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def encode_event(event_id: int, kind: EventType, thread_id: str, content: Content) -> bytes:
-    """One ``id:``/``data:`` event, its ``ts`` taken now (right before the write)."""
+def event_json(kind: EventType, thread_id: str, content: Content) -> str:
+    """An event's compact UTF-8 JSON, its ``ts`` taken now (right before the write)."""
     payload = {"type": kind, "threadId": thread_id, "content": content, "ts": now_ms()}
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    # json.dumps escapes control characters, so data is a single line.
-    return f"id: {event_id}\ndata: {data}\n\n".encode()
+    # json.dumps escapes control characters, so the result is a single line.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def frame(event_id: int | None, data: str) -> bytes:
+    """An event as written: ``id:`` (none for events outside the reply's order), then ``data:``."""
+    head = "" if event_id is None else f"id: {event_id}\n"
+    return f"{head}data: {data}\n\n".encode()
+
+
+def encode_event(event_id: int | None, kind: EventType, thread_id: str, content: Content) -> bytes:
+    """One ``id:``/``data:`` event, its ``ts`` taken now."""
+    return frame(event_id, event_json(kind, thread_id, content))
 
 
 class SendTimeoutError(Exception):

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 import weakref
 from collections.abc import Iterator
@@ -24,12 +25,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .providers import Turn
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 THREAD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _THREAD_ID = re.compile(THREAD_ID_PATTERN)
 SUFFIX = ".jsonl"
+USED_BYTES_FRESH_S = 10.0
 LEGACY_SUFFIX = ".json"  # one JSON document per thread, rewritten whole (before JSON lines)
 
 
@@ -63,6 +66,15 @@ class StoreFullError(Exception):
         self.status = status
 
 
+def thread_store(settings: Settings) -> ThreadStore:
+    """The store of these settings (the API processes and the worker share the data dir)."""
+    return ThreadStore(
+        settings.data_dir,
+        thread_max_bytes=settings.thread_max_kb * 1024,
+        store_max_bytes=settings.store_max_mb * 1024 * 1024,
+    )
+
+
 def new_thread_id() -> str:
     return uuid.uuid4().hex
 
@@ -81,6 +93,7 @@ class ThreadStore:
         self.store_max_bytes = store_max_bytes
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._used_bytes: int | None = None  # measured on first write
+        self._measured_at = 0.0
 
     def not_writable_reason(self) -> str | None:
         """None when a thread file can be written now, else why not."""
@@ -171,8 +184,13 @@ class ThreadStore:
         self._used_bytes = self.used_bytes() + len(data)
 
     def used_bytes(self) -> int:
-        """Bytes of every thread file, measured once, then counted as they are written."""
-        if self._used_bytes is None:
+        """Bytes of every thread file, measured, then counted as they are written.
+
+        Measured again every USED_BYTES_FRESH_S: the API processes and the worker each count
+        only their own writes.
+        """
+        if self._used_bytes is None or time.monotonic() - self._measured_at > USED_BYTES_FRESH_S:
+            self._measured_at = time.monotonic()
             self._used_bytes = sum(
                 p.stat().st_size for p in self.threads_dir.glob("*") if p.is_file()
             ) if self.threads_dir.is_dir() else 0

@@ -1,41 +1,37 @@
-"""Turn an async iterator of text tokens into this backend's SSE byte stream.
+"""Turn an async iterator of text tokens into a reply's events (the worker's side).
 
-The token source runs in its own task feeding an inbox, so the writer can
-interleave keepalive comments, notice server shutdown, and enforce an idle
-timeout without ever cancelling the source mid-token. When the byte stream is
-closed or cancelled (client gone), the source task is cancelled with it.
+The token source runs in its own task feeding an inbox, so the reader can
+notice shutdown and enforce an idle timeout without ever cancelling the
+source mid-token. When the event iterator is closed or cancelled, the source
+task is cancelled with it. Every reply ends with exactly one ``done``,
+preceded by ``error`` when generation failed or was stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Literal
 
 from .providers import ProviderError
-from .sse import KEEPALIVE, OPEN, Content, EventType, encode_event
+from .sse import Content, EventType
 
 log = logging.getLogger(__name__)
 
-# Pause between the two halves of an event split inside a character, so each
-# half leaves in its own write (and TCP segment), not coalesced into one.
-SPLIT_PAUSE_S = 0.002
-SHUTDOWN_MESSAGE = "the server is shutting down; reconnect to continue"
+SHUTDOWN_MESSAGE = "the worker stopped before this reply was finished; send the message again"
 
 Outcome = Literal["complete", "error", "interrupted"]
 
 
 @dataclass(slots=True)
 class StreamResult:
-    """What a stream produced; filled in as it goes, read after it ends."""
+    """What a reply produced; filled in as it goes, read after it ends."""
 
     parts: list[str] = field(default_factory=list)
-    outcome: Outcome = "interrupted"  # until the stream ends on its own
+    outcome: Outcome = "interrupted"  # until the reply ends on its own
     error: str | None = None
 
     @property
@@ -51,10 +47,16 @@ class StreamResult:
 
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
-    heartbeat_s: float
     idle_timeout_s: float | None = None  # max wait for the next token
-    split_multibyte: bool = False  # write multi-byte events in two halves
     preface: Sequence[tuple[EventType, Content]] = ()  # events before the tokens
+    max_events: int | None = None  # stop with an error past this many events (done included)
+    shutdown_message: str = SHUTDOWN_MESSAGE
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: EventType
+    content: Content
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,57 +70,41 @@ class _End:
     error: str | None = None
 
 
-class _Keepalive:
-    pass
-
-
 _Item = _Token | _End
 
 
-def split_inside_character(data: bytes) -> tuple[bytes, bytes] | None:
-    """Split ``data`` at the UTF-8 continuation byte nearest its middle."""
-    continuation = [i for i, byte in enumerate(data) if byte & 0xC0 == 0x80]
-    if not continuation:
-        return None
-    cut = min(continuation, key=lambda i: abs(i - len(data) // 2))
-    return data[:cut], data[cut:]
-
-
-async def sse_stream(
+async def reply_events(
     tokens: AsyncIterator[str],
     *,
-    thread_id: str,
     options: StreamOptions,
     shutdown: asyncio.Event,
     result: StreamResult | None = None,
-) -> AsyncIterator[bytes]:
-    """Yield the complete SSE stream: open, events, keepalives, done."""
+) -> AsyncGenerator[Event, None]:
+    """Yield the reply's events as they come: preface, tokens, optional error, done."""
     result = StreamResult() if result is None else result
     inbox: asyncio.Queue[_Item] = asyncio.Queue()
     workers = (
-        asyncio.create_task(_pump(tokens, inbox), name=f"tokens:{thread_id}"),
-        asyncio.create_task(_on_shutdown(shutdown, inbox), name=f"shutdown:{thread_id}"),
+        asyncio.create_task(_pump(tokens, inbox)),
+        asyncio.create_task(_on_shutdown(shutdown, inbox, options.shutdown_message)),
     )
-    ids = itertools.count(1)
+    # Room for the tokens once the preface, an error and done are counted.
+    room = None if options.max_events is None else options.max_events - len(options.preface) - 2
     try:
-        yield OPEN
         for kind, content in options.preface:
-            yield encode_event(next(ids), kind, thread_id, content)
+            yield Event(kind, content)
         end = _End()
-        async with aclosing(_receive(inbox, options)) as items:
-            async for item in items:
-                if isinstance(item, _Keepalive):
-                    yield KEEPALIVE
-                elif isinstance(item, _Token):
-                    result.parts.append(item.text)
-                    event = encode_event(next(ids), "token", thread_id, item.text)
-                    async for chunk in _writes(event, split=options.split_multibyte):
-                        yield chunk
-                else:
-                    end = item
+        async for item in _receive(inbox, options.idle_timeout_s):
+            if isinstance(item, _End):
+                end = item
+            elif room is not None and len(result.parts) >= room:
+                end = _End("error", f"the reply is too long (over {room} tokens); it ends here")
+                break
+            else:
+                result.parts.append(item.text)
+                yield Event("token", item.text)
         if end.error is not None:
-            yield encode_event(next(ids), "error", thread_id, end.error)
-        yield encode_event(next(ids), "done", thread_id, result.summary())
+            yield Event("error", end.error)
+        yield Event("done", result.summary())
         result.outcome, result.error = end.outcome, end.error
     finally:
         for worker in workers:
@@ -126,42 +112,18 @@ async def sse_stream(
         await asyncio.gather(*workers, return_exceptions=True)
 
 
-async def _receive(
-    inbox: asyncio.Queue[_Item], options: StreamOptions
-) -> AsyncGenerator[_Item | _Keepalive, None]:
-    """Items from the inbox, a keepalive after each heartbeat of silence, then _End."""
-    loop = asyncio.get_running_loop()
-    last_write = last_token = loop.time()
-    idle = options.idle_timeout_s
+async def _receive(inbox: asyncio.Queue[_Item], idle: float | None) -> AsyncIterator[_Item]:
+    """Items from the inbox up to and including the _End (one of timeout when idle too long)."""
     while True:
-        deadline = last_write + options.heartbeat_s
-        if idle is not None:
-            deadline = min(deadline, last_token + idle)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(idle):
                 item = await inbox.get()
         except TimeoutError:
-            if idle is not None and loop.time() - last_token >= idle:
-                yield _End("error", f"the model timed out (nothing received for {idle:g}s)")
-                return
-            yield _Keepalive()
-            last_write = loop.time()
-            continue
+            yield _End("error", f"the model timed out (nothing received for {idle:g}s)")
+            return
         yield item
         if isinstance(item, _End):
             return
-        last_write = last_token = loop.time()
-
-
-async def _writes(event: bytes, *, split: bool) -> AsyncIterator[bytes]:
-    """The event as one write, or as two split inside a multi-byte character."""
-    halves = split_inside_character(event) if split else None
-    if halves is None:
-        yield event
-        return
-    yield halves[0]
-    await asyncio.sleep(SPLIT_PAUSE_S)
-    yield halves[1]
 
 
 async def _pump(tokens: AsyncIterator[str], inbox: asyncio.Queue[_Item]) -> None:
@@ -173,7 +135,7 @@ async def _pump(tokens: AsyncIterator[str], inbox: asyncio.Queue[_Item]) -> None
         end = _End()
     except ProviderError as exc:
         end = _End("error", str(exc))
-    except Exception as exc:  # a bug or unexpected failure: still end the stream cleanly
+    except Exception as exc:  # a bug or unexpected failure: still end the reply cleanly
         log.exception("token source failed")
         end = _End("error", f"internal error while generating the reply ({type(exc).__name__})")
     finally:
@@ -183,6 +145,6 @@ async def _pump(tokens: AsyncIterator[str], inbox: asyncio.Queue[_Item]) -> None
             await aclose()
 
 
-async def _on_shutdown(shutdown: asyncio.Event, inbox: asyncio.Queue[_Item]) -> None:
+async def _on_shutdown(shutdown: asyncio.Event, inbox: asyncio.Queue[_Item], message: str) -> None:
     await shutdown.wait()
-    await inbox.put(_End("interrupted", SHUTDOWN_MESSAGE))
+    await inbox.put(_End("interrupted", message))

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from ..settings import Settings
-from .base import Provider, ProviderError, Turn
+from .base import MISSING_KEY, Provider, ProviderError, Turn
 from .demo import DemoProvider
 
-__all__ = ["Provider", "ProviderError", "Turn", "build_provider"]
+__all__ = ["Provider", "ProviderError", "Turn", "build_provider", "configuration_problem"]
+
+
+def configuration_problem(settings: Settings) -> str | None:
+    """Why the configured provider cannot serve, told without building it (the API processes)."""
+    if settings.provider == "anthropic" and not settings.anthropic_api_key:
+        return MISSING_KEY
+    return None
 
 
 def build_provider(settings: Settings) -> Provider:

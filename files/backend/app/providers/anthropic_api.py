@@ -9,7 +9,7 @@ import httpx2
 from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
 
 from ..settings import Settings
-from .base import ProviderError, Turn
+from .base import MISSING_KEY, ProviderError, Turn
 
 MAX_HISTORY_TURNS = 40
 
@@ -85,7 +85,7 @@ class AnthropicProvider:
             )
 
     def not_ready_reason(self) -> str | None:
-        return None if self.client else "ANTHROPIC_API_KEY is not set"
+        return None if self.client else MISSING_KEY
 
     async def stream(self, conversation: Sequence[Turn]) -> AsyncIterator[str]:
         if self.client is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Role = Literal["user", "assistant"]
+MISSING_KEY = "ANTHROPIC_API_KEY is not set"
 
 
 @dataclass(frozen=True, slots=True)

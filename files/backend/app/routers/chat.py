@@ -4,34 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..auth import require_auth
-from ..providers import Turn
+from ..replies import Job, new_reply_id
 from ..sse import EventStreamResponse, now_ms, openapi_sse_response
 from ..state import AppState, get_state
-from ..storage import (
-    THREAD_ID_PATTERN,
-    StoredMessage,
-    StoreFullError,
-    Thread,
-    ThreadStore,
-    new_thread_id,
-)
-from ..streaming import StreamOptions, StreamResult, sse_stream
+from ..storage import THREAD_ID_PATTERN, StoredMessage, StoreFullError, Thread, new_thread_id
+from . import replies
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 8000
 STREAM_DOC = (
     "SSE reply: `: open`, a `status` event, `token` events, then `done` "
-    "(an `error` event precedes `done` when generation failed)."
+    "(an `error` event precedes `done` when generation failed). `Content-Location` "
+    "names the reply's URL, for resuming."
+)
+RESUME_DOC = (
+    "The reply's events after `Last-Event-ID` (all of them without it), live while it is "
+    "generated, to `done`; or one `expired` event (no id) when the reply is gone."
 )
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], dependencies=[Depends(require_auth)])
@@ -94,6 +91,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
         **openapi_sse_response(STREAM_DOC),
         413: {"description": "Body over BACKEND_MAX_BODY_KB, or the thread is full"},
         429: {"description": "Over BACKEND_CHAT_RATE_PER_S for this client"},
+        503: {"description": "The reply queue (Redis) is unavailable"},
         507: {"description": "The store is full (BACKEND_STORE_MAX_MB)"},
     },
     openapi_extra={
@@ -133,6 +131,25 @@ async def stream_message(
 
 
 @router.get(
+    "/replies/{replyId}",
+    summary="A reply (the Content-Location of every chat stream): resume after Last-Event-ID, or replay it",
+    response_class=EventStreamResponse,
+    responses={
+        **openapi_sse_response(RESUME_DOC),
+        404: {"description": "Not a reply id (32 lowercase hex digits)"},
+        503: {"description": "The reply queue (Redis) is unavailable"},
+    },
+)
+async def get_reply(
+    reply_id: Annotated[str, Path(alias="replyId")],
+    state: State,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventStreamResponse:
+    meta = await replies.meta_of(state, reply_id, "chat")
+    return replies.resume(state, reply_id, "chat", meta, last_event_id)
+
+
+@router.get(
     "/threads/{threadId}",
     summary="A stored thread, as persisted in the data dir",
     response_class=StreamingResponse,
@@ -148,10 +165,9 @@ async def get_thread(
 
 
 async def start_reply(state: AppState, message: str, thread_id: str | None) -> EventStreamResponse:
-    """Persist the user message, then stream the reply (persisted when it ends)."""
+    """Persist the user message, queue the reply for the worker, and stream it."""
     thread_id = thread_id or new_thread_id()
     try:
-        history = await state.store.turns(thread_id)
         await state.store.append(
             thread_id, StoredMessage(role="user", content=message, ts=now_ms())
         )
@@ -162,44 +178,4 @@ async def start_reply(state: AppState, message: str, thread_id: str | None) -> E
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"cannot store the message: {exc.strerror}"
         ) from exc
-    events = reply_events(state, thread_id, [*history, Turn("user", message)])
-    return EventStreamResponse(events, send_timeout_s=state.settings.send_timeout_s)
-
-
-async def reply_events(
-    state: AppState, thread_id: str, conversation: Sequence[Turn]
-) -> AsyncIterator[bytes]:
-    settings = state.settings
-    options = StreamOptions(
-        heartbeat_s=settings.heartbeat_s,
-        idle_timeout_s=settings.provider_timeout_s,
-        preface=(("status", "generating"),),
-    )
-    result = StreamResult()
-    tokens = state.provider.stream(conversation)
-    try:
-        async for chunk in sse_stream(
-            tokens,
-            thread_id=thread_id,
-            options=options,
-            shutdown=state.shutting_down,
-            result=result,
-        ):
-            yield chunk
-    finally:
-        # Shielded: runs to the end even when the client is gone (cancelled).
-        await asyncio.shield(save_reply(state.store, thread_id, result))
-
-
-async def save_reply(store: ThreadStore, thread_id: str, result: StreamResult) -> None:
-    reply = StoredMessage(
-        role="assistant",
-        content=result.text,
-        ts=now_ms(),
-        status=result.outcome,
-        error=result.error,
-    )
-    try:
-        await store.append(thread_id, reply, capped=False)
-    except OSError:
-        log.exception("cannot store the reply of thread %s", thread_id)
+    return await replies.start(state, Job("chat", new_reply_id(), thread_id, {}))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from ..providers import configuration_problem
 from ..state import AppState, get_state
 
 router = APIRouter(prefix="/api", tags=["health"])
@@ -31,7 +32,7 @@ async def health() -> Health:
 
 @router.get(
     "/ready",
-    summary="Readiness: provider configured and data dir writable",
+    summary="Readiness: provider configured, data dir writable, Redis answering",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready; `reasons` says why"}},
 )
@@ -39,14 +40,15 @@ async def ready(state: Annotated[AppState, Depends(get_state)]) -> JSONResponse:
     reasons = [
         reason
         for reason in (
-            state.provider.not_ready_reason(),
+            configuration_problem(state.settings),
             await asyncio.to_thread(state.store.not_writable_reason),
+            await state.queue.not_ready_reason(),
         )
         if reason is not None
     ]
     body = Readiness(
         status="unavailable" if reasons else "ready",
-        provider=state.provider.name,
+        provider=state.settings.provider,
         reasons=reasons,
     )
     return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)

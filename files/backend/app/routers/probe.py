@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict
 from typing import Annotated, Self
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field, model_validator
 
 from ..auth import authorized, bearer_token
-from ..probe import ProbeParams, probe_tokens
+from ..probe import ProbeParams
 from ..ratelimit import client_key, retry_after_seconds
+from ..replies import Job, new_reply_id
 from ..sse import EventStreamResponse, openapi_sse_response
 from ..state import AppState, get_state
-from ..streaming import StreamOptions, sse_stream
+from . import replies
 
 MIN_HEARTBEAT_MS = 20
 DONE_DOC = (
@@ -70,21 +72,50 @@ async def probe_stream(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             detail=f"the probe would last longer than {settings.probe_max_s}s",
         )
-    # The owner's check (it carries the token) is never crowded out by anonymous probes holding the cap.
-    owner = not settings.auth_off and authorized(
-        settings, bearer_token(request.headers.get("authorization")), request.cookies
-    )
+    owner = is_owner(request, state)
     if not owner:
         admit_anonymous_probe(request, state)
-    heartbeat_s = query.heartbeat_ms / 1000 if query.heartbeat_ms else state.settings.heartbeat_s
-    events = sse_stream(
-        probe_tokens(params),
-        thread_id=f"probe-{uuid.uuid4().hex[:12]}",
-        options=StreamOptions(heartbeat_s=heartbeat_s, split_multibyte=True),
-        shutdown=state.shutting_down,
-    )
-    return EventStreamResponse(
-        events, send_timeout_s=settings.send_timeout_s, on_close=None if owner else state.close_probe
+    heartbeat_s = query.heartbeat_ms / 1000 if query.heartbeat_ms else None
+    job = Job("probe", new_reply_id(), f"probe-{uuid.uuid4().hex[:12]}", asdict(params))
+    close = None if owner else state.close_probe
+    try:
+        return await replies.start(state, job, heartbeat_s=heartbeat_s, on_close=close)
+    except HTTPException:
+        if close is not None:
+            close()
+        raise
+
+
+@router.get(
+    "/replies/{replyId}",
+    summary="A probe reply (its Content-Location): resume after Last-Event-ID, or replay it",
+    response_class=EventStreamResponse,
+    responses={
+        **openapi_sse_response(DONE_DOC),
+        404: {"description": "Not a reply id (32 lowercase hex digits)"},
+        429: {"description": "Rate limit (BACKEND_PROBE_RATE_PER_S per client) exceeded"},
+        503: {"description": "Too many probes open, or the reply queue (Redis) is unavailable"},
+    },
+)
+async def get_probe_reply(
+    request: Request,
+    reply_id: Annotated[str, Path(alias="replyId")],
+    state: Annotated[AppState, Depends(get_state)],
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventStreamResponse:
+    meta = await replies.meta_of(state, reply_id, "probe")
+    owner = is_owner(request, state)
+    if not owner:
+        admit_anonymous_probe(request, state)
+    return replies.resume(state, reply_id, "probe", meta, last_event_id,
+                          on_close=None if owner else state.close_probe)  # fmt: skip
+
+
+def is_owner(request: Request, state: AppState) -> bool:
+    """The owner's check carries the token: it is never crowded out by anonymous probes."""
+    settings = state.settings
+    return not settings.auth_off and authorized(
+        settings, bearer_token(request.headers.get("authorization")), request.cookies
     )
 
 
@@ -97,7 +128,7 @@ def admit_anonymous_probe(request: Request, state: AppState) -> None:
             detail="probe rate limit exceeded",
             headers={"Retry-After": str(retry_after_seconds(wait_s))},
         )
-    if not state.open_probe():
+    if not state.open_probe():  # this process's share of BACKEND_PROBE_MAX_STREAMS
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="too many probes open; try again shortly",

@@ -1,0 +1,222 @@
+"""Deliver replies from Redis as SSE: one blocking XREAD per process (the hub) for all its clients.
+
+Each client follows one reply with a cursor of its own (the last id it was sent), so two
+clients on one reply, or one resuming and one live, each get every event once. The hub reads
+every followed reply from the smallest cursor on it and hands each client what lies past its
+own. A client joining waits at most HUB_BLOCK_MS for the next read to include it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from redis.exceptions import RedisError
+
+from .replies import DONE_PREFIX, Meta, ReplyQueue, reply_key
+from .sse import KEEPALIVE, OPEN, event_json, frame, now_ms
+from .streaming import StreamResult
+
+log = logging.getLogger(__name__)
+
+HUB_BLOCK_MS = 20
+HUB_COUNT = 500  # entries per reply and read: a long replay comes in a few reads
+BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)  # between reads while Redis is away, the last one repeated
+# Pause between the two halves of an event split inside a character, so each
+# half leaves in its own write (and TCP segment), not coalesced into one.
+SPLIT_PAUSE_S = 0.002
+WORKER_GONE = "the worker stopped while generating this reply"
+NOT_TAKEN = "no worker took this reply in time; try again"
+REDIS_GONE = "the reply queue (Redis) is unavailable; reconnect to continue"
+EXPIRED = "this reply has expired; reload the thread"
+
+Entries = list[tuple[int, str]]
+
+
+@dataclass(eq=False, slots=True)
+class Follower:
+    """One client's place in one reply: entries past ``cursor`` arrive in ``inbox``; None ends it."""
+
+    key: str
+    cursor: int
+    inbox: asyncio.Queue[Entries | None] = field(default_factory=asyncio.Queue)
+
+
+class Hub:
+    """One XREAD BLOCK over every reply this process delivers."""
+
+    def __init__(self, queue: ReplyQueue) -> None:
+        self.queue = queue
+        self.followers: dict[str, set[Follower]] = {}
+        self.down_since: float | None = None  # loop time of the first failed read of an outage
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def follow(self, key: str, cursor: int) -> Follower:
+        follower = Follower(key, cursor)
+        if self._closed:
+            follower.inbox.put_nowait(None)
+            return follower
+        self.followers.setdefault(key, set()).add(follower)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="hub")
+        self._wake.set()
+        return follower
+
+    def leave(self, follower: Follower) -> None:
+        group = self.followers.get(follower.key)
+        if group is not None:
+            group.discard(follower)
+            if not group:
+                del self.followers[follower.key]
+
+    async def close(self) -> None:
+        """End every delivery now (the process is stopping); the replies go on in Redis."""
+        self._closed = True
+        for group in self.followers.values():
+            for follower in group:
+                follower.inbox.put_nowait(None)
+        self.followers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        failures = 0
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.followers:
+                self._wake.clear()
+                await self._wake.wait()
+            cursors = {key: min(f.cursor for f in group) for key, group in self.followers.items()}
+            try:
+                found = await self.queue.read(cursors, count=HUB_COUNT, block_ms=HUB_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                if self.down_since is None:
+                    self.down_since = loop.time()
+                    log.warning("redis unavailable, retrying: %s", exc)
+                await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+                continue
+            if self.down_since is not None:
+                log.info("redis is back")
+            self.down_since, failures = None, 0
+            for key, entries in found:
+                self._hand_out(key, entries)
+
+    def _hand_out(self, key: str, entries: Entries) -> None:
+        for follower in self.followers.get(key, ()):
+            fresh = [entry for entry in entries if entry[0] > follower.cursor]
+            # Ids follow each other; a follower that joined during this read (behind its first
+            # entry) waits for the next one, which starts from its cursor.
+            if fresh and fresh[0][0] == follower.cursor + 1:
+                follower.cursor = fresh[-1][0]
+                follower.inbox.put_nowait(fresh)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOptions:
+    heartbeat_s: float
+    lease_s: float  # silence after which a reply's worker is checked on
+    unclaimed_s: float  # how long a reply may wait for a worker to take it
+    outage_s: float  # how long Redis may be away before the stream ends with an error
+    split_multibyte: bool = False  # write multi-byte events in two halves (the probe)
+
+
+async def deliver(
+    hub: Hub, reply: str, meta: Meta, after: int, options: DeliveryOptions
+) -> AsyncIterator[bytes]:
+    """The SSE stream of a reply from after event ``after``: open, events, keepalives, to done.
+
+    Ends early without done when the process stops (the client resumes elsewhere) or
+    Redis stays away longer than ``outage_s`` (an error event without id).
+    """
+    loop = asyncio.get_running_loop()
+    follower = hub.follow(reply_key(reply), after)
+    quiet_since = loop.time()  # the last entry, or the last look at the worker
+    tick = min(options.heartbeat_s, options.lease_s / 2)
+    try:
+        yield OPEN
+        last_write = loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(tick):
+                    entries = await follower.inbox.get()
+            except TimeoutError:
+                now = loop.time()
+                if hub.down_since is not None and now - hub.down_since >= options.outage_s:
+                    yield frame(None, event_json("error", meta.thread_id, REDIS_GONE))
+                    return
+                if now - quiet_since >= options.lease_s and hub.down_since is None:
+                    quiet_since = now
+                    await _rescue_if_abandoned(hub.queue, reply, meta, options)
+                if now - last_write >= options.heartbeat_s:
+                    yield KEEPALIVE
+                    last_write = now
+                continue
+            if entries is None:
+                return
+            for event_id, data in entries:
+                async for chunk in _writes(frame(event_id, data), split=options.split_multibyte):
+                    yield chunk
+                if data.startswith(DONE_PREFIX):
+                    return
+            quiet_since = last_write = loop.time()
+    finally:
+        hub.leave(follower)
+
+
+def expired_stream(thread_id: str) -> bytes:
+    """The whole body for a reply that expired or never was: open, one event without id."""
+    return OPEN + frame(None, event_json("expired", thread_id, EXPIRED))
+
+
+async def _rescue_if_abandoned(queue: ReplyQueue, reply: str, meta: Meta, options: DeliveryOptions) -> None:
+    """End a reply with error + done when its worker is gone, or none took it in time."""
+    try:
+        last, data = await queue.last_entry(reply)
+        if (data is not None and data.startswith(DONE_PREFIX)) or await queue.lease_held(reply):
+            return
+        waited_s = (now_ms() - meta.created_ms) / 1000
+        if last == 0 and waited_s < options.unclaimed_s:
+            return
+        message = NOT_TAKEN if last == 0 else WORKER_GONE
+        result = StreamResult(parts=_tokens(await queue.events(reply)))
+        closing = [event_json("error", meta.thread_id, message), event_json("done", meta.thread_id, result.summary())]
+        if (await queue.append(reply, last, closing, rescue=True)).ok:
+            log.warning("reply %s: %s; ended it", reply, message)
+    except (RedisError, OSError) as exc:  # the hub notices the outage too; try again next time
+        log.warning("reply %s: cannot check on its worker: %s", reply, exc)
+
+
+def _tokens(events: list[str]) -> list[str]:
+    parts = []
+    for data in events:
+        event = json.loads(data)
+        if event.get("type") == "token":
+            parts.append(str(event["content"]))
+    return parts
+
+
+def split_inside_character(data: bytes) -> tuple[bytes, bytes] | None:
+    """Split ``data`` at the UTF-8 continuation byte nearest its middle."""
+    continuation = [i for i, byte in enumerate(data) if byte & 0xC0 == 0x80]
+    if not continuation:
+        return None
+    cut = min(continuation, key=lambda i: abs(i - len(data) // 2))
+    return data[:cut], data[cut:]
+
+
+async def _writes(event: bytes, *, split: bool) -> AsyncIterator[bytes]:
+    """The event as one write, or as two split inside a multi-byte character."""
+    halves = split_inside_character(event) if split else None
+    if halves is None:
+        yield event
+        return
+    yield halves[0]
+    await asyncio.sleep(SPLIT_PAUSE_S)
+    yield halves[1]

@@ -1,0 +1,248 @@
+"""Replies in flight, in Redis: the job queue, each reply's event stream, its meta and its lease.
+
+Keys (fixed, README "What lives in Redis"):
+
+    pi5:jobs                   Stream of jobs (fields kind, reply, job); consumer group ``workers``
+    pi5:reply:<id>             Stream of the reply's events: entry id ``<n>-0``, field ``e`` = the
+                               event's JSON; n is the SSE ``id:``
+    pi5:reply:<id>:meta        hash {kind, threadId, created}: tells "not started" from "expired"
+    pi5:reply:<id>:lease       the generating worker's id, expiring unless refreshed
+
+Events are only ever appended by one Lua script that checks the stream's last id first: a
+worker's batch, or a delivery process's error + done for a reply whose worker is gone, lands
+whole or not at all, so a reply never holds an id twice and never more than one ``done``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from .settings import Settings
+from .sse import now_ms
+
+log = logging.getLogger(__name__)
+
+JOBS = "pi5:jobs"
+GROUP = "workers"
+REPLY_ID_PATTERN = r"^[0-9a-f]{32}$"
+_REPLY_ID = re.compile(REPLY_ID_PATTERN)
+# The data of a done event starts so: event_json writes "type" first, compact.
+DONE_PREFIX = '{"type":"done"'
+UNAVAILABLE = "the reply queue is unavailable (Redis); try again shortly"
+PING_TIMEOUT_S = 1.0
+
+Kind = Literal["chat", "probe"]
+
+# KEYS: stream, meta, lease. ARGV: expected last n, TTL s, mode ("work" | "rescue"), events...
+# Returns {1, new last n} when appended, else {0, last n, last event} and nothing written.
+_APPEND = """
+local last, data = 0, false
+local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #top > 0 then
+  last = tonumber(string.match(top[1][1], '^(%d+)'))
+  data = top[1][2][2]
+end
+if last ~= tonumber(ARGV[1]) or (ARGV[3] == 'rescue' and redis.call('EXISTS', KEYS[3]) == 1) then
+  return {0, last, data}
+end
+for i = 4, #ARGV do
+  last = last + 1
+  redis.call('XADD', KEYS[1], last .. '-0', 'e', ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {1, last}
+"""
+
+
+def as_kind(value: str) -> Kind | None:
+    return "chat" if value == "chat" else "probe" if value == "probe" else None
+
+
+def new_reply_id() -> str:
+    return uuid.uuid4().hex
+
+
+def is_reply_id(value: str) -> bool:
+    return _REPLY_ID.fullmatch(value) is not None
+
+
+def reply_key(reply: str) -> str:
+    return f"pi5:reply:{reply}"
+
+
+def meta_key(reply: str) -> str:
+    return f"pi5:reply:{reply}:meta"
+
+
+def lease_key(reply: str) -> str:
+    return f"pi5:reply:{reply}:lease"
+
+
+def entry_number(entry_id: str) -> int:
+    """n of a reply's entry id ``<n>-0``."""
+    return int(entry_id.partition("-")[0])
+
+
+def connect(settings: Settings) -> Redis:
+    """A client that fails fast: a few quick retries, then the caller's error path (503, backoff)."""
+    return Redis(
+        host=settings.redis_host,
+        port=settings.redis_port,
+        password=settings.redis_password,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+    )
+
+
+class QueueUnavailableError(Exception):
+    """Redis did not answer; the client gets 503 with UNAVAILABLE."""
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    kind: Kind
+    thread_id: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    ok: bool
+    last: int  # the stream's last n after the call
+    last_event: str | None = None  # on refusal: the data of the entry at ``last``
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    kind: Kind
+    reply: str
+    thread_id: str
+    params: Mapping[str, int]  # the probe's parameters; empty for chat
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> Job:
+        """The job of a ``pi5:jobs`` entry (ValueError/KeyError when it is not one of ours)."""
+        kind, body = as_kind(fields["kind"]), json.loads(fields["job"])
+        if kind is None or not is_reply_id(fields["reply"]):
+            raise ValueError(f"not a job: kind {fields['kind']!r}")
+        params = {str(k): int(v) for k, v in body.get("params", {}).items()}
+        return cls(kind, fields["reply"], str(body["threadId"]), params)
+
+
+class ReplyQueue:
+    """The backend's Redis: one client (a connection pool) per process."""
+
+    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+        self.redis = redis or connect(settings)
+        self.ttl_s = settings.reply_ttl_s
+        self.lease_ms = settings.worker_lease_ms
+        self._append = self.redis.register_script(_APPEND)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    async def not_ready_reason(self) -> str | None:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                await self.redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            return f"redis: {_describe(exc)}"
+        return None
+
+    async def enqueue(self, job: Job) -> None:
+        """Write the reply's meta, then queue its job; QueueUnavailableError when Redis is down."""
+        meta = meta_key(job.reply)
+        fields = {"kind": job.kind, "reply": job.reply,
+                  "job": json.dumps({"threadId": job.thread_id, "params": dict(job.params)})}  # fmt: skip
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(meta, mapping={"kind": job.kind, "threadId": job.thread_id, "created": now_ms()})
+                pipe.expire(meta, self.ttl_s)
+                pipe.xadd(JOBS, fields)  # type: ignore[arg-type]
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot queue reply %s: %s", job.reply, _describe(exc))
+            raise QueueUnavailableError(UNAVAILABLE) from exc
+
+    async def meta(self, reply: str) -> Meta | None:
+        """The reply's meta, None when it expired or never was; QueueUnavailableError when Redis is down."""
+        try:
+            fields = await self.redis.hgetall(meta_key(reply))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailableError(UNAVAILABLE) from exc
+        text = {_str(k): _str(v) for k, v in fields.items()}
+        kind = as_kind(text.get("kind", ""))
+        if kind is None:
+            return None
+        return Meta(kind, text.get("threadId", ""), int(text.get("created") or 0))
+
+    async def append(self, reply: str, expected_last: int, events: Sequence[str], *, rescue: bool = False) -> Appended:
+        """Append events after entry ``expected_last``, all or none (see _APPEND)."""
+        mode = "rescue" if rescue else "work"
+        keys = [reply_key(reply), meta_key(reply), lease_key(reply)]
+        answer = await self._append(keys=keys, args=[expected_last, self.ttl_s, mode, *events])
+        if int(answer[0]) == 1:
+            return Appended(ok=True, last=int(answer[1]))
+        last_event = answer[2] if len(answer) > 2 and isinstance(answer[2], str) else None
+        return Appended(ok=False, last=int(answer[1]), last_event=last_event)
+
+    async def read(self, cursors: Mapping[str, int], *, count: int, block_ms: int) -> list[tuple[str, list[tuple[int, str]]]]:
+        """XREAD BLOCK of reply streams past each cursor: [(key, [(n, event), ...]), ...]."""
+        streams: dict[Any, Any] = {key: f"{n}-0" for key, n in cursors.items()}
+        found: Any = await self.redis.xread(streams, count=count, block=block_ms)
+        return [
+            (_str(key), [(entry_number(_str(entry_id)), _str(fields["e"])) for entry_id, fields in entries])
+            for key, entries in found or []
+        ]
+
+    async def events(self, reply: str) -> list[str]:
+        """Every event of the reply, in order (a rescue's summary of what was sent)."""
+        entries = await self.redis.xrange(reply_key(reply)) or []
+        return [_str((fields or {}).get("e")) for _, fields in entries]
+
+    async def last_entry(self, reply: str) -> tuple[int, str | None]:
+        """(n, data) of the reply's last entry; (0, None) when it has none."""
+        top = await self.redis.xrevrange(reply_key(reply), count=1)
+        if not top:
+            return 0, None
+        entry_id, fields = top[0]
+        data = (fields or {}).get("e")
+        return entry_number(_str(entry_id)), None if data is None else _str(data)
+
+    async def lease_held(self, reply: str) -> bool:
+        return bool(await self.redis.exists(lease_key(reply)))
+
+    async def take_lease(self, reply: str, worker: str) -> bool:
+        """Hold the reply's lease unless another worker does."""
+        return bool(await self.redis.set(lease_key(reply), worker, px=self.lease_ms, nx=True))
+
+    async def renew_lease(self, reply: str) -> None:
+        await self.redis.pexpire(lease_key(reply), self.lease_ms)
+
+    async def drop_lease(self, reply: str) -> None:
+        await self.redis.delete(lease_key(reply))
+
+
+def _str(value: object) -> str:
+    """A reply value as text (the client decodes; the types say bytes or str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

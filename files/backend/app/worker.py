@@ -1,0 +1,299 @@
+"""The worker: ``python -m app.worker`` generates replies into Redis; the API processes deliver them.
+
+It takes jobs off ``pi5:jobs`` (consumer group ``workers``), runs the provider for a chat job
+(at most BACKEND_WORKER_CONCURRENCY at once) or the probe's generator for a probe job (bounded
+by the API's probe cap instead, so a probe flood never takes the chat's places), appends the
+events to the reply's stream in batches, holds the reply's lease while it generates, stores the
+assistant message when a chat reply ends, and acknowledges the job. On SIGTERM it takes no new
+job, lets running replies finish for BACKEND_GRACEFUL_SHUTDOWN_S, then ends the rest with
+error + done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from .probe import ProbeParams, probe_tokens
+from .providers import Provider, ProviderError, build_provider
+from .replies import GROUP, JOBS, Job, ReplyQueue
+from .server import configure_logging, load_settings
+from .settings import Settings
+from .sse import event_json, now_ms
+from .storage import StoredMessage, ThreadStore, thread_store
+from .streaming import StreamOptions, StreamResult, reply_events
+
+log = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 500  # how long a SIGTERM may wait for the job read to return
+BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
+ENDING_GRACE_S = 5.0  # after the error + done, for the last append and the stored message
+TAKEN = "another process ended this reply (its worker was thought gone)"
+LOST = "the reply queue (Redis) stayed unavailable; the reply was given up"
+
+
+class ReplyLostError(Exception):
+    """The reply can no longer be written: someone else ended it, or Redis stayed away."""
+
+
+class ReplyWriter:
+    """A reply's events into its stream, batched: those made during one append go in the next."""
+
+    def __init__(self, queue: ReplyQueue, reply: str, outage_s: float) -> None:
+        self.queue = queue
+        self.reply = reply
+        self.outage_s = outage_s
+        self.last = 0
+        self.lost: str | None = None
+        self._pending: list[str] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def add(self, data: str) -> None:
+        if self.lost is not None:
+            raise ReplyLostError(self.lost)
+        self._pending.append(data)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush())
+
+    async def close(self) -> None:
+        """Wait for every added event to be written; ReplyLostError when it cannot be."""
+        while self._flushing is not None and not self._flushing.done():
+            await self._flushing
+        if self.lost is not None:
+            raise ReplyLostError(self.lost)
+
+    async def _flush(self) -> None:
+        while self._pending and self.lost is None:
+            batch, self._pending = self._pending, []
+            await self._append(batch)
+
+    async def _append(self, batch: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        for attempt in range(sys.maxsize):
+            try:
+                done = await self.queue.append(self.reply, self.last, batch)
+            except (RedisError, OSError) as exc:
+                failing_since = failing_since or loop.time()
+                if loop.time() - failing_since >= self.outage_s:
+                    log.warning("reply %s: %s (%s)", self.reply, LOST, exc)
+                    self.lost = LOST
+                    return
+                await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+                continue
+            # A refusal that shows our own batch on top: it landed, and only the answer was lost.
+            if done.ok or (done.last == self.last + len(batch) and done.last_event == batch[-1]):
+                self.last = done.last
+                return
+            self.lost = TAKEN
+            return
+
+
+class Worker:
+    def __init__(self, settings: Settings, provider: Provider, queue: ReplyQueue, store: ThreadStore) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.queue = queue
+        self.store = store
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.chat_slots = asyncio.Semaphore(settings.worker_concurrency)
+        # Chat jobs read but waiting for a place: no more than the places, so jobs stay in Redis.
+        self.backlog = asyncio.Semaphore(settings.worker_concurrency)
+        self.stopping = asyncio.Event()  # take no new job
+        self.ending = asyncio.Event()  # end running replies with error + done
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(self) -> None:
+        log.info("worker %s: provider %s, %d chat replies at once", self.name, self.provider.name,
+                 self.settings.worker_concurrency)  # fmt: skip
+        failures = 0
+        while not self.stopping.is_set():
+            await self.backlog.acquire()
+            try:
+                found = await self._read()
+            except (RedisError, OSError) as exc:
+                self.backlog.release()
+                log.warning("cannot read jobs, retrying: %s", exc)
+                await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
+                continue
+            failures = 0
+            if found is None:
+                self.backlog.release()
+            else:
+                task = asyncio.create_task(self._job(*found))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        await self._drain()
+
+    async def _read(self) -> tuple[str, dict[str, str]] | None:
+        """The next job for this worker, None after READ_BLOCK_MS without one."""
+        try:
+            found: Any = await self.queue.redis.xreadgroup(GROUP, self.name, {JOBS: ">"}, count=1, block=READ_BLOCK_MS)
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._create_group()  # a new Redis (or one restarted without its data)
+            return None
+        for _, entries in found or []:
+            for entry_id, fields in entries:
+                return str(entry_id), {str(k): str(v) for k, v in fields.items()}
+        return None
+
+    async def _create_group(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker made it first
+            await self.queue.redis.xgroup_create(JOBS, GROUP, id="0", mkstream=True)
+
+    async def _drain(self) -> None:
+        """Let running replies finish within the grace period, then end the rest."""
+        if self.tasks:
+            log.info("stopping: %d replies running", len(self.tasks))
+            await asyncio.wait(set(self.tasks), timeout=self.settings.graceful_shutdown_s)
+        self.ending.set()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=ENDING_GRACE_S)
+
+    async def _job(self, entry_id: str, fields: dict[str, str]) -> None:
+        waiting = True
+        try:
+            job = Job.from_fields(fields)
+            if job.kind == "probe":
+                self.backlog.release()
+                waiting = False
+                await self._reply(job)
+                return
+            async with self.chat_slots:
+                self.backlog.release()
+                waiting = False
+                await self._reply(job)
+        except (ValueError, KeyError) as exc:
+            log.warning("job %s is not one of ours: %s", entry_id, exc)
+        finally:
+            if waiting:
+                self.backlog.release()
+            await self._done_with(entry_id)
+
+    async def _done_with(self, entry_id: str) -> None:
+        try:
+            async with self.queue.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(JOBS, GROUP, entry_id)
+                pipe.xdel(JOBS, entry_id)  # the queue holds only jobs not yet done
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot acknowledge job %s: %s", entry_id, exc)
+
+    async def _reply(self, job: Job) -> None:
+        if not await self.queue.take_lease(job.reply, self.name):
+            log.warning("reply %s is held by another worker; skipped", job.reply)
+            return
+        renewing = asyncio.create_task(self._renew(job.reply))
+        result = StreamResult()
+        writer = ReplyWriter(self.queue, job.reply, self.settings.redis_outage_s)
+        try:
+            events = reply_events(self._tokens(job), options=self._options(job), shutdown=self.ending, result=result)
+            async with aclosing(events) as stream:
+                async for event in stream:
+                    writer.add(event_json(event.kind, job.thread_id, event.content))
+            await writer.close()
+        except ReplyLostError as exc:
+            result.outcome, result.error = "interrupted", str(exc)
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.drop_lease(job.reply)
+            if job.kind == "chat":
+                await save_reply(self.store, job.thread_id, result)
+
+    def _options(self, job: Job) -> StreamOptions:
+        if job.kind == "probe":  # its silence is part of the test, not a stalled model
+            return StreamOptions(max_events=self.settings.reply_max_events)
+        return StreamOptions(
+            idle_timeout_s=self.settings.provider_timeout_s,
+            preface=(("status", "generating"),),
+            max_events=self.settings.reply_max_events,
+        )
+
+    async def _tokens(self, job: Job) -> AsyncIterator[str]:
+        if job.kind == "probe":
+            source = probe_tokens(ProbeParams(**job.params))
+        else:
+            try:
+                conversation = await self.store.turns(job.thread_id)
+            except OSError as exc:
+                raise ProviderError(f"cannot read the thread: {exc.strerror or exc}") from exc
+            source = self.provider.stream(conversation)
+        try:
+            async for token in source:
+                yield token
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _renew(self, reply: str) -> None:
+        """Keep the lease while the reply is generated (every third of its time)."""
+        while True:
+            await asyncio.sleep(self.settings.worker_lease_ms / 3000)
+            try:
+                await self.queue.renew_lease(reply)
+            except (RedisError, OSError) as exc:
+                log.warning("reply %s: cannot renew the lease: %s", reply, exc)
+
+
+async def save_reply(store: ThreadStore, thread_id: str, result: StreamResult) -> None:
+    reply = StoredMessage(
+        role="assistant",
+        content=result.text,
+        ts=now_ms(),
+        status=result.outcome,
+        error=result.error,
+    )
+    try:
+        await store.append(thread_id, reply, capped=False)
+    except OSError:
+        log.exception("cannot store the reply of thread %s", thread_id)
+
+
+def build_worker(settings: Settings, provider: Provider | None = None) -> Worker:
+    """A worker for these settings; ``provider`` overrides the one they name."""
+    return Worker(settings, provider or build_provider(settings), ReplyQueue(settings), thread_store(settings))
+
+
+async def serve(worker: Worker) -> None:
+    """Run the worker until SIGTERM/SIGINT (or its ``stop()``), then release what it holds."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread (tests)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await worker.provider.aclose()
+        await worker.queue.aclose()
+
+
+def main() -> int:
+    settings = load_settings()
+    if settings is None:
+        return 2
+    configure_logging(settings.log_level)
+    asyncio.run(serve(build_worker(settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
