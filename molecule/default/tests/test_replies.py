@@ -13,7 +13,6 @@ import re
 import shlex
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,17 +127,20 @@ def test_both_containers_log_in_to_redis_with_the_shared_port_and_password(host:
 
 def test_the_api_runs_one_delivery_process_per_core_each_on_its_own_socket(host: Any) -> None:
     """BACKEND_PROCESSES is the Pi's core count (2 on this machine's simulated Pis: more than one, so a role that
-    left it at the backend's default of 1 fails here). Each process listens on a SO_REUSEPORT socket of its own,
-    which the supervisor that made them also holds; a process that holds exactly one socket is a server."""
+    left it at the backend's default of 1 fails here): one SO_REUSEPORT socket per process on the one port, and as
+    many server processes, forked by the one that made the sockets."""
     cores = int(host.check_output("grep -c ^processor /proc/cpuinfo"))
     env = dict(item.split("=", 1) for item in inspect(host, API)["Config"]["Env"])
     assert env["BACKEND_PROCESSES"] == str(cores) and cores >= 2, (env["BACKEND_PROCESSES"], cores)
     with host.sudo():
         listeners = host.check_output(f"ss -Hltnp 'sport = :{BACKEND_PORT}'").splitlines()
-    holders = Counter(pid for line in listeners for pid in re.findall(r"pid=(\d+)", line))
-    servers = {pid for pid, sockets in holders.items() if sockets == 1}
-    assert len(listeners) == cores and len(servers) == cores, listeners
-    assert servers <= container_pids(host, API)
+        processes = [line.split() for line in host.check_output(f"docker top {API} -eo pid,ppid,comm").splitlines()[1:]]
+    python = {pid for pid, _, command in processes if command.startswith("python")}
+    servers = {pid for pid, parent, command in processes if command.startswith("python") and parent in python}
+    assert len(listeners) == cores, listeners
+    assert len(servers) == cores, processes
+    # Each server holds the sockets (it serves one of them): they are the API's listeners, not another program's.
+    assert all(servers <= set(re.findall(r"pid=(\d+)", line)) for line in listeners), listeners
 
 
 def listening_pids(host: Any) -> set[str]:
