@@ -141,6 +141,20 @@ CASES: dict[str, tuple[str, Case]] = {
     "connection limit out of range": ("backend_max_connections", settings(backend_max_connections=0)),
     "pids limit out of range": ("backend_pids_limit", settings(backend_pids_limit=4)),
     "backend bound to every address of the Pi": ("backend_env", settings(backend_env={"BACKEND_HOST": "0.0.0.0"})),  # noqa: S104 (the hostile setting)
+    "Redis password moved into the extra environment": ("backend_env", settings(backend_env={"BACKEND_REDIS_PASSWORD": "x" * 20})),
+    "Redis elsewhere than on loopback": ("backend_env", settings(backend_env={"BACKEND_REDIS_HOST": "192.168.1.9"})),
+    "process count in the extra environment": ("backend_env", settings(backend_env={"BACKEND_PROCESSES": "8"})),
+    "reply lifetime in the extra environment": ("backend_env", settings(backend_env={"BACKEND_REPLY_TTL_S": "1"})),
+    "processes not a number": ("backend_processes", settings(backend_processes="all")),
+    "no delivery process": ("backend_processes", settings(backend_processes=0)),
+    "more processes than the memory holds": ("backend_processes", settings(backend_processes=16)),
+    "pids limit too small for the processes": (
+        "backend_pids_limit", settings(backend_processes=8, backend_memory_mb=1024, backend_pids_limit=100)),
+    "worker that generates nothing": ("backend_worker_concurrency", settings(backend_worker_concurrency=0)),
+    "reply gone before a client can reconnect": ("backend_reply_ttl_s", settings(backend_reply_ttl_s=5)),
+    "reply events not a number": ("backend_reply_max_events", settings(backend_reply_max_events="lots")),
+    "reply of a handful of events": ("backend_reply_max_events", settings(backend_reply_max_events=10)),
+    "worker memory out of range": ("backend_worker_memory_mb", settings(backend_worker_memory_mb=16)),
     "Redis memory out of range": ("redis_maxmemory_mb", settings(redis_maxmemory_mb=1)),
     "ACL rule that writes a config line of its own": ("redis_acl_rules", settings(redis_acl_rules=["+@all\nrequirepass x"])),
     "ACL rule that drops the password": ("redis_acl_rules", settings(redis_acl_rules=["~*", "+@all", "nopass"])),
@@ -156,6 +170,10 @@ CASES: dict[str, tuple[str, Case]] = {
         "redis_password", lambda _: ({}, "vault_backend_auth_token: tok\n# no vault_redis_password here\n")),
     "Redis password of spaces": ("redis_password", lambda _: ({}, f'vault_backend_auth_token: tok\nvault_redis_password: "{" " * 20}"\n')),
     "short Redis password": ("redis_password", lambda _: ({}, "vault_backend_auth_token: tok\nvault_redis_password: short\n")),
+    # The backend's own rule, for a play whose preflight checks the backend but not the redis role.
+    "backend without a Redis password": (
+        "redis_password",
+        lambda _: ({"preflight_roles": ["backend"]}, 'vault_backend_auth_token: tok\nvault_redis_password: " "\n')),
     "auth off with a token": ("backend_auth_off", settings(backend_auth_off=True)),
     "anthropic with auth off": (
         "backend_auth_token",
@@ -229,6 +247,14 @@ def test_auth_off_by_name_passes_the_preflight(tmp_path: Path) -> None:
     """The control case for the token rules: no token is fine when auth is off by name (demo provider)."""
     inventory = make_inventory(tmp_path / "inventory", 'vault_backend_auth_token: ""\n')
     report = run_playbook(SITE, inventory, {"backend_auth_off": True}, "--check", "--tags", "preflight")
+    assert report["returncode"] == 0, failures(report)
+
+
+def test_more_processes_with_the_memory_and_threads_they_need_pass_the_preflight(tmp_path: Path) -> None:
+    """The control case for the process rules, and for backend_env: a name the role does not own passes."""
+    good = {"backend_processes": 8, "backend_memory_mb": 1024, "backend_pids_limit": 256,
+            "backend_env": {"BACKEND_WORKER_LEASE_MS": "8000", "BACKEND_REDIS_OUTAGE_S": "60"}}
+    report = run_playbook(SITE, make_inventory(tmp_path / "inventory"), good, "--check", "--tags", "preflight")
     assert report["returncode"] == 0, failures(report)
 
 

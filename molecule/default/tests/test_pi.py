@@ -532,11 +532,13 @@ def test_streams_in_flight_survive_a_reload(host: Any) -> None:
 
 # --- The backend's contract -------------------------------------------------
 
-def test_backend_restart_ends_open_streams_with_an_event_and_recovers(host: Any) -> None:
-    """A restart (upgrade, crash, reboot) must end a stream with something the client can act on."""
+def test_backend_restart_cuts_open_streams_but_not_their_replies_and_recovers(host: Any) -> None:
+    """A restart (upgrade, crash) of the API container cuts its connections; the reply goes on in the worker and
+    Redis, so the stream ends with no `done` (a client reconnects to its Content-Location for the rest:
+    test_replies.py) and no `error` (nothing went wrong with the reply)."""
     events = events_across(host, "docker restart backend", tokens=400, after_s=2, max_time_s=60)
     assert 0 < len([e for e in events if e["type"] == "token"]) < 400, "the stream was not open across the restart"
-    assert [e["type"] for e in events[-2:]] == ["error", "done"]
+    assert not {"done", "error"} & {e["type"] for e in events}, events[-3:]
     host.run("for i in $(seq 60); do curl -fs http://127.0.0.1:7776/api/health && break; sleep 1; done")
     assert stream_check(host).get("verdict") == "incremental"
 
