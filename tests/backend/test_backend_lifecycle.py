@@ -237,6 +237,29 @@ def test_a_busy_worker_still_stops_within_its_grace(spawn: Spawner) -> None:
     assert ends == [["error", "done"], ["error", "done"]]
 
 
+def test_a_probe_starts_while_every_chat_place_is_taken(spawn: Spawner) -> None:
+    """The owner's stream check must not queue behind chat: one chat running and one waiting for
+    the only place (the backlog full), a probe still gets its first token at once."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_WORKER_CONCURRENCY="1", BACKEND_CHAT_RATE_PER_S="0")
+    backend.start().wait_ready()
+    very_long = LONG_MESSAGE + " " + LONG_MESSAGE + " " + LONG_MESSAGE  # ~18 s of reply
+    with post_json(backend.port, "/api/chat/message", {"message": very_long}) as running:
+        first_tokens(running, 3)
+        waiting = post_json(backend.port, "/api/chat/message", {"message": very_long})
+        waiting.read_head()
+        jobs = redis.Redis(port=backend.redis.port, password=backend.redis.password)
+        deadline = time.monotonic() + 5
+        while jobs.xpending("pi5:jobs", "workers")["pending"] < 2:  # the second holds the backlog place
+            assert time.monotonic() < deadline, "the worker never read the second job"
+            time.sleep(0.05)
+        with SSEConnection(backend.port, "GET", "/api/probe/stream?tokens=3&interval_ms=0") as probe:
+            asked = time.monotonic()
+            first_tokens(probe, 1)
+            took = time.monotonic() - asked
+        waiting.close()
+    assert took < 2, f"the probe waited {took:.1f} s behind the chat backlog"
+
+
 def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:
     """What backup/restore relies on: the data dir alone carries the threads."""
     first = spawn(tmp_path / "volume", BACKEND_TOKEN_INTERVAL_MS="0").start().wait_ready()

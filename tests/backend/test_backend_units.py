@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import time
@@ -216,6 +218,26 @@ def test_thread_store_caps_a_thread_413_and_the_store_507(tmp_path: Path) -> Non
         asyncio.run(fill("c", 1))
     assert full_store.value.status == 507
     assert ThreadStore(tmp_path).used_bytes() == store.used_bytes()  # the count matches the disk
+
+
+def test_the_thread_cap_holds_for_writers_in_several_processes(tmp_path: Path) -> None:
+    """The API processes and the worker each have a store on one data dir: 8 writers at once
+    (each its own store and thread, as each process is) must not pass the cap together."""
+    stores = [ThreadStore(tmp_path, thread_max_bytes=20_000) for _ in range(8)]
+    message = StoredMessage(role="user", content="x" * 900, ts=1)
+
+    def fill(store: ThreadStore) -> None:
+        async def go() -> None:
+            for _ in range(30):
+                with contextlib.suppress(StoreFullError):
+                    await store.append("shared", message)
+
+        asyncio.run(go())
+
+    with concurrent.futures.ThreadPoolExecutor(len(stores)) as pool:
+        list(pool.map(fill, stores))
+    size = (tmp_path / "threads" / "shared.jsonl").stat().st_size
+    assert 20_000 - len(message.line()) < size <= 20_000
 
 
 def test_thread_store_refuses_path_like_ids(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Keys (fixed, README "What lives in Redis"):
 
-    pi5:jobs                   Stream of jobs (fields kind, reply, job); consumer group ``workers``
+    pi5:jobs                   Stream of chat jobs (fields kind, reply, job); consumer group ``workers``
+    pi5:jobs:probe             The same for probe jobs
     pi5:reply:<id>             Stream of the reply's events: entry id ``<n>-0``, field ``e`` = the
                                event's JSON; n is the SSE ``id:``
     pi5:reply:<id>:meta        hash {kind, threadId, created}: tells "not started" from "expired"
@@ -35,6 +36,8 @@ from .sse import now_ms
 log = logging.getLogger(__name__)
 
 JOBS = "pi5:jobs"
+# Probe jobs have a stream of their own: a backlog of chat jobs never holds up the owner's check.
+PROBE_JOBS = "pi5:jobs:probe"
 GROUP = "workers"
 REPLY_ID_PATTERN = r"^[0-9a-f]{32}$"
 _REPLY_ID = re.compile(REPLY_ID_PATTERN)
@@ -68,6 +71,11 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {1, last}
 """
+
+
+def jobs_key(kind: Kind) -> str:
+    """The job stream of a kind of reply."""
+    return PROBE_JOBS if kind == "probe" else JOBS
 
 
 def as_kind(value: str) -> Kind | None:
@@ -184,7 +192,7 @@ class ReplyQueue:
                 pipe.expire(meta, self.ttl_s)
                 # Bounded: jobs queued while no worker runs have had their replies ended (error +
                 # done) by then; the oldest go first.
-                pipe.xadd(JOBS, fields, maxlen=MAX_JOBS, approximate=True)  # type: ignore[arg-type]
+                pipe.xadd(jobs_key(job.kind), fields, maxlen=MAX_JOBS, approximate=True)  # type: ignore[arg-type]
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("cannot queue reply %s: %s", job.reply, _describe(exc))

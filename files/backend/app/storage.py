@@ -10,6 +10,7 @@ caps, so a client cannot fill the SD card.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -166,13 +167,18 @@ class ThreadStore:
         path = self._path(thread_id)
         self._convert_legacy(thread_id)
         data = b"".join(m.line() for m in messages)
-        if capped:
-            self._check_room(path, len(data))
+        if capped:  # before creating the file: a refused message leaves no empty thread behind
+            self._check_room(path.stat().st_size if path.exists() else 0, len(data))
         path.parent.mkdir(parents=True, exist_ok=True)
         created = not path.exists()
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
+            # Every API process and the worker append to this file: under the lock, the cap is
+            # checked on the size the write lands on (the first check raced with the others).
+            fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
+            if capped:
+                self._check_room(size, len(data))
             if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line: end it, keep ours whole
                 data = b"\n" + data
             os.write(fd, data)
@@ -196,8 +202,7 @@ class ThreadStore:
             ) if self.threads_dir.is_dir() else 0
         return self._used_bytes
 
-    def _check_room(self, path: Path, size: int) -> None:
-        current = path.stat().st_size if path.exists() else 0
+    def _check_room(self, current: int, size: int) -> None:
         if current + size > self.thread_max_bytes:
             raise StoreFullError(413, "this thread is full; start a new one")
         if self.used_bytes() + size > self.store_max_bytes:

@@ -1,6 +1,6 @@
 """The worker: ``python -m app.worker`` generates replies into Redis; the API processes deliver them.
 
-It takes jobs off ``pi5:jobs`` (consumer group ``workers``), runs the provider for a chat job
+It takes jobs off ``pi5:jobs`` and ``pi5:jobs:probe`` (consumer group ``workers``), runs the provider for a chat job
 (at most BACKEND_WORKER_CONCURRENCY at once) or the probe's generator for a probe job (bounded
 by the API's probe cap instead, so a probe flood never takes the chat's places), appends the
 events to the reply's stream in batches, holds the reply's lease while it generates, stores the
@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .probe import ProbeParams, probe_tokens
 from .providers import Provider, ProviderError, build_provider
-from .replies import GROUP, JOBS, Job, QueueUnavailableError, ReplyQueue
+from .replies import GROUP, JOBS, PROBE_JOBS, Job, QueueUnavailableError, ReplyQueue
 from .server import configure_logging, load_settings
 from .settings import Settings
 from .sse import event_json, now_ms
@@ -121,16 +121,23 @@ class Worker:
     async def run(self) -> None:
         log.info("worker %s: provider %s, %d chat replies at once", self.name, self.provider.name,
                  self.settings.worker_concurrency)  # fmt: skip
+        await asyncio.gather(self._take(JOBS, self.backlog), self._take(PROBE_JOBS, None))
+        await self._drain()
+
+    async def _take(self, key: str, backlog: asyncio.Semaphore | None) -> None:
+        """Take jobs off one stream until stopping: chat jobs each after a backlog place; probe
+        jobs (capped by the API) at once, in a loop of their own, so a chat backlog never holds
+        up the owner's stream check."""
         loop = asyncio.get_running_loop()
         failures, next_sweep = 0, loop.time()
-        while await self._room():
+        while await self._room(backlog):
             try:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + 2 * self.settings.worker_lease_ms / 1000
-                    await self._sweep()
-                found = await self._read()
+                    await self._sweep(key)
+                found = await self._read(key)
             except (RedisError, OSError) as exc:
-                self.backlog.release()
+                _release(backlog)
                 if not failures:  # once per outage, not once per retry
                     log.warning("cannot read jobs, retrying: %s", exc)
                 await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
@@ -140,16 +147,17 @@ class Worker:
                 log.info("reading jobs again")
             failures = 0
             if found is None:
-                self.backlog.release()
+                _release(backlog)
             else:
-                task = asyncio.create_task(self._job(*found))
+                task = asyncio.create_task(self._job(key, *found))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-        await self._drain()
 
-    async def _room(self) -> bool:
-        """Wait for room for one more job (a backlog place): False once stopping, placeless."""
-        acquire = asyncio.ensure_future(self.backlog.acquire())
+    async def _room(self, backlog: asyncio.Semaphore | None) -> bool:
+        """Wait for room for one more job (a backlog place, if any): False once stopping, placeless."""
+        if backlog is None:
+            return not self.stopping.is_set()
+        acquire = asyncio.ensure_future(backlog.acquire())
         stopping = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -157,25 +165,25 @@ class Worker:
             acquire.cancel()
             return False
         if self.stopping.is_set():
-            self.backlog.release()
+            backlog.release()
             return False
         return True
 
-    async def _read(self) -> tuple[str, dict[str, str]] | None:
-        """The next job for this worker, None after READ_BLOCK_MS without one."""
+    async def _read(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """The next job of ``key`` for this worker, None after READ_BLOCK_MS without one."""
         try:
-            found: Any = await self.queue.redis.xreadgroup(GROUP, self.name, {JOBS: ">"}, count=1, block=READ_BLOCK_MS)
+            found: Any = await self.queue.redis.xreadgroup(GROUP, self.name, {key: ">"}, count=1, block=READ_BLOCK_MS)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            await self._create_group()  # a new Redis (or one restarted without its data)
+            await self._create_group(key)  # a new Redis (or one restarted without its data)
             return None
         for _, entries in found or []:
             for entry_id, fields in entries:
                 return str(entry_id), {str(k): str(v) for k, v in fields.items()}
         return None
 
-    async def _sweep(self) -> None:
+    async def _sweep(self, key: str) -> None:
         """Let go of jobs that a worker which died (SIGKILL, a crash) took and never finished.
 
         Their replies were ended by the lease rule (a delivery process writes error + done);
@@ -184,18 +192,18 @@ class Worker:
         """
         idle_ms = 2 * self.settings.worker_lease_ms
         with contextlib.suppress(ResponseError):  # NOGROUP: nothing pending anywhere
-            stale: Any = await self.queue.redis.xpending_range(JOBS, GROUP, min="-", max="+", count=100, idle=idle_ms)
+            stale: Any = await self.queue.redis.xpending_range(key, GROUP, min="-", max="+", count=100, idle=idle_ms)
             for entry in stale:
                 entry_id, consumer = str(entry["message_id"]), str(entry["consumer"])
-                jobs: Any = await self.queue.redis.xrange(JOBS, entry_id, entry_id)
+                jobs: Any = await self.queue.redis.xrange(key, entry_id, entry_id)
                 reply = str(jobs[0][1].get("reply", "")) if jobs else ""
                 if consumer != self.name and not (reply and await self.queue.lease_held(reply)):
                     log.info("job %s of %s was left unfinished; let go", entry_id, consumer)
-                    await self._done_with(entry_id)
+                    await self._done_with(key, entry_id)
 
-    async def _create_group(self) -> None:
+    async def _create_group(self, key: str) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker made it first
-            await self.queue.redis.xgroup_create(JOBS, GROUP, id="0", mkstream=True)
+            await self.queue.redis.xgroup_create(key, GROUP, id="0", mkstream=True)
 
     async def _drain(self) -> None:
         """Let running replies finish within the grace period, then end the rest."""
@@ -206,33 +214,33 @@ class Worker:
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=ENDING_GRACE_S)
 
-    async def _job(self, entry_id: str, fields: dict[str, str]) -> None:
-        waiting = True
+    async def _job(self, key: str, entry_id: str, fields: dict[str, str]) -> None:
+        holds_place = key == JOBS  # a chat-stream job holds a backlog place until it runs
         try:
             job = Job.from_fields(fields)
-            if job.kind == "probe":
-                self.backlog.release()
-                waiting = False
-                await self._reply(job)
-                return
-            async with self.chat_slots:
-                self.backlog.release()
-                waiting = False
+            # A probe runs at once (the API caps probes); a chat reply waits for a chat slot.
+            slot: contextlib.AbstractAsyncContextManager[Any] = (
+                contextlib.nullcontext() if job.kind == "probe" else self.chat_slots
+            )
+            async with slot:
+                if holds_place:
+                    self.backlog.release()
+                    holds_place = False
                 await self._reply(job)
         except (ValueError, KeyError) as exc:
             log.warning("job %s is not one of ours: %s", entry_id, exc)
         except (RedisError, OSError, QueueUnavailableError) as exc:  # its reply ends by the lease rule
             log.warning("job %s: the reply queue failed: %s", entry_id, exc)
         finally:
-            if waiting:
+            if holds_place:
                 self.backlog.release()
-            await self._done_with(entry_id)
+            await self._done_with(key, entry_id)
 
-    async def _done_with(self, entry_id: str) -> None:
+    async def _done_with(self, key: str, entry_id: str) -> None:
         try:
             async with self.queue.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(JOBS, GROUP, entry_id)
-                pipe.xdel(JOBS, entry_id)  # the queue holds only jobs not yet done
+                pipe.xack(key, GROUP, entry_id)
+                pipe.xdel(key, entry_id)  # the queue holds only jobs not yet done
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("cannot acknowledge job %s: %s", entry_id, exc)
@@ -303,6 +311,12 @@ class Worker:
                 await self.queue.renew_lease(reply)
             except (RedisError, OSError) as exc:
                 log.warning("reply %s: cannot renew the lease: %s", reply, exc)
+
+
+def _release(backlog: asyncio.Semaphore | None) -> None:
+    """Give a backlog place back, if the stream has places."""
+    if backlog is not None:
+        backlog.release()
 
 
 async def save_reply(store: ThreadStore, thread_id: str, result: StreamResult) -> None:
