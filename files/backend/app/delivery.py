@@ -211,9 +211,9 @@ class _Watch:
         return None, False
 
 
-def expired_stream(thread_id: str) -> bytes:
+def expired_stream(thread_id: str, content: str = EXPIRED) -> bytes:
     """The whole body for a reply that expired or never was: open, one event without id."""
-    return OPEN + frame(None, event_json("expired", thread_id, EXPIRED))
+    return OPEN + frame(None, event_json("expired", thread_id, content))
 
 
 async def _check_on(
