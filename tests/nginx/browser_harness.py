@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -104,7 +105,19 @@ def open_in_chromium(
     chromium: str, server: Nginx, collector: Collector, *, workdir: Path, stream: str, limit_ms: int = 15000
 ) -> BrowserReport:
     """Load the stream page from ``server`` in a fresh headless Chromium; return its report."""
-    query = urlencode({"src": stream, "report": collector.url, "limit_ms": str(limit_ms)})
+    page = {"src": stream, "limit_ms": str(limit_ms)}
+    with chromium_page(chromium, server, collector, workdir=workdir, page=page) as next_report:
+        raw = next_report()
+    return parse_report(raw, server.url(stream))
+
+
+@contextlib.contextmanager
+def chromium_page(
+    chromium: str, server: Nginx, collector: Collector, *, workdir: Path, page: Mapping[str, str]
+) -> Iterator[Callable[[], dict[str, Any]]]:
+    """A fresh headless Chromium on the stream page (query ``page`` plus where to report), until
+    the block ends; yields the function that waits for the page's next report (parsed JSON)."""
+    query = urlencode({**page, "report": collector.url})
     page_url = server.url(f"/stream-page.html?{query}")
     profile = tempfile.mkdtemp(prefix="chromium-", dir=workdir)
     argv = [
@@ -132,19 +145,25 @@ def open_in_chromium(
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT, start_new_session=True
         )
+
+    def next_report() -> dict[str, Any]:
+        try:
+            body = collector.reports.get(timeout=REPORT_TIMEOUT_S)
+        except queue.Empty:
+            code = proc.poll()
+            raise AssertionError(
+                f"no report from Chromium within {REPORT_TIMEOUT_S:g} s (exit {code}); {log}:\n"
+                + log.read_text(errors="replace")[-3000:]
+            ) from None
+        report: dict[str, Any] = json.loads(body)
+        return report
+
     try:
-        body = collector.reports.get(timeout=REPORT_TIMEOUT_S)
-    except queue.Empty:
-        code = proc.poll()
-        raise AssertionError(
-            f"no report from Chromium within {REPORT_TIMEOUT_S:g} s (exit {code}); {log}:\n"
-            + log.read_text(errors="replace")[-3000:]
-        ) from None
+        yield next_report
     finally:
         stop(proc, timeout=5)
         with contextlib.suppress(OSError):
             shutil.rmtree(profile)
-    return parse_report(json.loads(body), server.url(stream))
 
 
 def parse_report(raw: dict[str, Any], url: str) -> BrowserReport:

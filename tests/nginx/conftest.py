@@ -41,6 +41,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         BACKEND_AUTH="off",  # these tests are about streaming; tests/backend proves the token
         BACKEND_HEARTBEAT_S="15",  # the default: a probe's silence_ms is really silent
         BACKEND_GRACEFUL_SHUTDOWN_S="1",
+        BACKEND_TOKEN_INTERVAL_MS="40",  # test_nginx_reconnect's chat reply lasts ~7 s at this pace
     ).start()
     try:
         # The backend boots while Ansible renders the sites.

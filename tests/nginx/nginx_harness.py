@@ -162,6 +162,16 @@ class Backend:
             time.sleep(0.05)
         raise RuntimeError(f"backend did not answer /api/health in {STARTUP_TIMEOUT_S:g} s:\n{read_log(self.log_path)}")
 
+    def restart_api(self) -> float:
+        """Stop the API (SIGTERM, as ``docker restart`` does) and start it again, Redis and the
+        worker left running; the seconds from the signal until it answers again."""
+        assert self.proc is not None, "start() first"
+        began = time.monotonic()
+        stop(self.proc)
+        self.proc = self._run("app", self.log_path)
+        self.wait_ready()
+        return time.monotonic() - began
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 

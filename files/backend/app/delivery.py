@@ -82,17 +82,22 @@ class Hub:
             for follower in group:
                 follower.inbox.put_nowait(None)
         self.followers.clear()
+        self._wake.set()
         if self._task is not None:
+            # The loop ends on _closed too: a cancellation that lands inside redis-py's XREAD is
+            # at times swallowed (it surfaces as a connection error), and the hub then waited for
+            # its next follower forever; uvicorn never shut down and docker stop killed it.
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         failures = 0
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._closed:
             if not self.followers:
                 self._wake.clear()
                 await self._wake.wait()
+                continue  # closed, or a follower came (and may have left again)
             cursors = {key: min(f.cursor for f in group) for key, group in self.followers.items()}
             try:
                 found = await self.queue.read(cursors, count=HUB_COUNT, block_ms=HUB_BLOCK_MS)
@@ -211,9 +216,9 @@ class _Watch:
         return None, False
 
 
-def expired_stream(thread_id: str) -> bytes:
+def expired_stream(thread_id: str, content: str = EXPIRED) -> bytes:
     """The whole body for a reply that expired or never was: open, one event without id."""
-    return OPEN + frame(None, event_json("expired", thread_id, EXPIRED))
+    return OPEN + frame(None, event_json("expired", thread_id, content))
 
 
 async def _check_on(

@@ -8,6 +8,8 @@ Keys (fixed, README "What lives in Redis"):
                                event's JSON; n is the SSE ``id:``
     pi5:reply:<id>:meta        hash {kind, threadId, created}: tells "not started" from "expired"
     pi5:reply:<id>:lease       the generating worker's id, expiring unless refreshed
+    pi5:request:<requestId>    ``<replyId> <fingerprint>``: the reply an EventSource GET's
+                               requestId started (its reconnections resume that reply)
 
 Events are only ever appended by one Lua script that checks the stream's last id first: a
 worker's batch, or a delivery process's error + done for a reply whose worker is gone, lands
@@ -40,6 +42,7 @@ JOBS = "pi5:jobs"
 PROBE_JOBS = "pi5:jobs:probe"
 GROUP = "workers"
 REPLY_ID_PATTERN = r"^[0-9a-f]{32}$"
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_-]{8,64}$"  # a crypto.randomUUID() fits; nothing to escape in a key
 _REPLY_ID = re.compile(REPLY_ID_PATTERN)
 # The data of a done event starts so: event_json writes "type" first, compact.
 DONE_PREFIX = '{"type":"done"'
@@ -100,6 +103,10 @@ def meta_key(reply: str) -> str:
 
 def lease_key(reply: str) -> str:
     return f"pi5:reply:{reply}:lease"
+
+
+def request_key(request_id: str) -> str:
+    return f"pi5:request:{request_id}"
 
 
 def entry_number(entry_id: str) -> int:
@@ -197,6 +204,30 @@ class ReplyQueue:
         except (RedisError, OSError) as exc:
             log.warning("cannot queue reply %s: %s", job.reply, _describe(exc))
             raise QueueUnavailableError(UNAVAILABLE) from exc
+
+    async def claim_request(self, request_id: str, value: str) -> str | None:
+        """Take the requestId for ``value`` (None), or the value it already has: one SET NX GET,
+        so of two requests with one id exactly one starts a reply. Kept as long as a reply."""
+        try:
+            earlier = await self.redis.set(request_key(request_id), value, ex=self.ttl_s, nx=True, get=True)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailableError(UNAVAILABLE) from exc
+        return None if earlier is None else _str(earlier)
+
+    async def claimed_request(self, request_id: str) -> str | None:
+        """The value the requestId was taken for, None when it never was or has expired."""
+        try:
+            value = await self.redis.get(request_key(request_id))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailableError(UNAVAILABLE) from exc
+        return None if value is None else _str(value)
+
+    async def release_request(self, request_id: str) -> None:
+        """Give the requestId back (its reply could not start); best effort: it expires anyway."""
+        try:
+            await self.redis.delete(request_key(request_id))
+        except (RedisError, OSError) as exc:
+            log.warning("cannot release request %s: %s", request_id, _describe(exc))
 
     async def meta(self, reply: str) -> Meta | None:
         """The reply's meta, None when it expired or never was; QueueUnavailableError when Redis is down."""

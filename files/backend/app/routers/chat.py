@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..auth import require_auth
-from ..replies import Job, new_reply_id
+from ..replies import REQUEST_ID_PATTERN, Job, QueueUnavailableError, new_reply_id
 from ..sse import EventStreamResponse, now_ms, openapi_sse_response
 from ..state import AppState, get_state
 from ..storage import THREAD_ID_PATTERN, StoredMessage, StoreFullError, Thread, new_thread_id
@@ -26,6 +27,11 @@ STREAM_DOC = (
     "(an `error` event precedes `done` when generation failed). `Content-Location` "
     "names the reply's URL, for resuming."
 )
+RECONNECT_DOC = (
+    " With a `requestId` already used (EventSource reconnecting to this URL), the reply it "
+    "started, after `Last-Event-ID`. With `Last-Event-ID` and no `requestId`, one `expired` "
+    "event: the message is not sent twice."
+)
 RESUME_DOC = (
     "The reply's events after `Last-Event-ID` (all of them without it), live while it is "
     "generated, to `done`; or one `expired` event (no id) when the reply is gone."
@@ -38,7 +44,20 @@ ThreadIdQuery = Annotated[
     str | None,
     Query(alias="threadId", pattern=THREAD_ID_PATTERN, description="Omit to start a thread"),
 ]
+RequestIdQuery = Annotated[
+    str | None,
+    Query(
+        alias="requestId",
+        pattern=REQUEST_ID_PATTERN,
+        description="Client-chosen (e.g. `crypto.randomUUID()`): a GET with a requestId already "
+        "used resumes that reply instead of sending the message again",
+    ),
+]
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 State = Annotated[AppState, Depends(get_state)]
+NOT_RESUMABLE = (
+    "this message was sent already and cannot be resumed without a requestId; reload the thread"
+)
 
 
 class ChatRequest(BaseModel):
@@ -116,18 +135,64 @@ async def post_message(request: Request, state: State) -> EventStreamResponse:
     "/message/stream",
     summary="Same as POST /api/chat/message, for EventSource clients",
     response_class=EventStreamResponse,
-    responses=openapi_sse_response(STREAM_DOC),
+    responses={
+        **openapi_sse_response(STREAM_DOC + RECONNECT_DOC),
+        409: {"description": "The requestId was used for another message or thread"},
+        503: {"description": "The reply queue (Redis) is unavailable"},
+    },
 )
 async def stream_message(
     message: Annotated[str, Query(min_length=1, max_length=MAX_MESSAGE_CHARS)],
     state: State,
     thread_id: ThreadIdQuery = None,
+    request_id: RequestIdQuery = None,
+    last_event_id: LastEventId = None,
 ) -> EventStreamResponse:
     try:
         checked_message(message)
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
+    if request_id is not None:
+        return await reply_of_request(state, request_id, message, thread_id, last_event_id)
+    if last_event_id is not None:
+        # EventSource sends Last-Event-ID only when it reconnects to the URL it opened: this
+        # message was sent already. Starting again would store it twice and start a second reply
+        # whose ids the page has seen (its tokens would be dropped or mixed into the first's).
+        return replies.expired(state, thread_id or "", NOT_RESUMABLE)
     return await start_reply(state, message, thread_id)
+
+
+async def reply_of_request(
+    state: AppState, request_id: str, message: str, thread_id: str | None, last_event_id: str | None
+) -> EventStreamResponse:
+    """The first request with this requestId starts the reply; every later one (EventSource's
+    reconnection, a retry) resumes that reply after Last-Event-ID, or replays it."""
+    reply, mark = new_reply_id(), fingerprint(message, thread_id)
+    try:
+        if last_event_id is None:
+            earlier = await state.queue.claim_request(request_id, f"{reply} {mark}")
+        else:  # a reconnection never starts a reply
+            earlier = await state.queue.claimed_request(request_id)
+            if earlier is None:  # the requestId expired with its reply
+                return replies.expired(state, thread_id or "")
+    except QueueUnavailableError as exc:
+        raise replies.unavailable(exc) from None
+    if earlier is None:
+        try:
+            return await start_reply(state, message, thread_id, reply)
+        except HTTPException:
+            await state.queue.release_request(request_id)  # a retry may start it again
+            raise
+    earlier_reply, _, earlier_mark = earlier.partition(" ")
+    if earlier_mark != mark:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="this requestId was used for another message")
+    meta = await replies.meta_of(state, earlier_reply, "chat")
+    return replies.resume(state, earlier_reply, "chat", meta, last_event_id)
+
+
+def fingerprint(message: str, thread_id: str | None) -> str:
+    """What a requestId was used for: its reuse with another message or thread is refused."""
+    return hashlib.sha256(f"{thread_id or ''}\0{message}".encode()).hexdigest()[:32]
 
 
 @router.get(
@@ -143,7 +208,7 @@ async def stream_message(
 async def get_reply(
     reply_id: Annotated[str, Path(alias="replyId")],
     state: State,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: LastEventId = None,
 ) -> EventStreamResponse:
     meta = await replies.meta_of(state, reply_id, "chat")
     return replies.resume(state, reply_id, "chat", meta, last_event_id)
@@ -164,8 +229,10 @@ async def get_thread(
     return StreamingResponse(state.store.thread_json(thread_id), media_type="application/json")
 
 
-async def start_reply(state: AppState, message: str, thread_id: str | None) -> EventStreamResponse:
-    """Persist the user message, queue the reply for the worker, and stream it."""
+async def start_reply(
+    state: AppState, message: str, thread_id: str | None, reply: str | None = None
+) -> EventStreamResponse:
+    """Persist the user message, queue the reply (``reply`` or a new id) for the worker, and stream it."""
     thread_id = thread_id or new_thread_id()
     try:
         await state.store.append(
@@ -178,4 +245,4 @@ async def start_reply(state: AppState, message: str, thread_id: str | None) -> E
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"cannot store the message: {exc.strerror}"
         ) from exc
-    return await replies.start(state, Job("chat", new_reply_id(), thread_id, {}))
+    return await replies.start(state, Job("chat", reply or new_reply_id(), thread_id, {}))

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import HTTPException, status
 
-from ..delivery import DeliveryOptions, deliver, expired_stream
+from ..delivery import EXPIRED, DeliveryOptions, deliver, expired_stream
 from ..replies import Job, Kind, Meta, QueueUnavailableError, is_reply_id
 from ..sse import EventStreamResponse, now_ms
 from ..state import AppState
@@ -48,9 +48,17 @@ def resume(
 ) -> EventStreamResponse:
     """The reply after ``Last-Event-ID`` (all of it without one), or the expired event."""
     if meta is None:
-        return EventStreamResponse(_once(expired_stream("")), send_timeout_s=state.settings.send_timeout_s,
-                                   headers=_location(kind, reply), on_close=on_close)  # fmt: skip
+        return expired(state, headers=_location(kind, reply), on_close=on_close)
     return respond(state, reply, meta, after_event(last_event_id), on_close=on_close)
+
+
+def expired(
+    state: AppState, thread_id: str = "", content: str = EXPIRED,
+    *, headers: dict[str, str] | None = None, on_close: Callable[[], None] | None = None,
+) -> EventStreamResponse:
+    """Open, one ``expired`` event without id (the client closes on it), and the end."""
+    return EventStreamResponse(_once(expired_stream(thread_id, content)), send_timeout_s=state.settings.send_timeout_s,
+                               headers=headers, on_close=on_close)  # fmt: skip
 
 
 def respond(
