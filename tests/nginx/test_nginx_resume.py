@@ -19,6 +19,7 @@ from ansible_collections.pi5.streaming.plugins.module_utils.stream_check import 
     Request,
     check_hops,
 )
+from tests.nginx.nginx_cases import PROBE
 from tests.nginx.nginx_harness import Nginx, Stack
 from tests.stream_check.stream_check_server import SseServer
 
@@ -77,3 +78,19 @@ def test_nginx_that_breaks_resuming_is_blamed(stack: Stack, replies: SseServer, 
     assert (result.verdict, result.first_bad_hop) == ("not_resumable", "nginx-h2"), result.diagnosis
     assert result.diagnosis.startswith(f"nginx-h2 does not resume a cut stream: backend resumes a cut stream, but {observed}")
     assert [hop.verdict for hop in result.hops] == ["incremental", "not_resumable", "not_resumable"]
+
+
+def test_the_real_backend_resumes_through_the_shipped_nginx(stack: Stack) -> None:
+    """The role's post-reload check, on the backend with Redis and its worker: the probe cut halfway joins up."""
+    server = stack.nginx("shipped")
+    revision = Criteria(resume=True, expect_header=f"X-Config-Revision: {server.site.revision}")
+    hops = [Hop("backend", Request(url=stack.backend.url(PROBE)), RESUME)] + [
+        Hop(name, Request(url=server.url(PROBE), resolve=server.resolve, cacert=server.cacert, http_version=version),
+            revision)
+        for name, version in (("nginx-h2", "2"), ("nginx-h1.1", "1.1"))
+    ]
+    result = check_hops(hops)
+    assert result.incremental, result.diagnosis
+    for hop in result.hops:
+        assert hop.resume is not None and hop.resume.ok, hop.resume
+        assert hop.resume.resume_url is not None and "/api/probe/replies/" in hop.resume.resume_url
