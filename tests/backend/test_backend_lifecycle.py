@@ -260,6 +260,36 @@ def test_a_probe_starts_while_every_chat_place_is_taken(spawn: Spawner) -> None:
     assert took < 2, f"the probe waited {took:.1f} s behind the chat backlog"
 
 
+def test_a_thread_takes_one_message_at_a_time(spawn: Spawner) -> None:
+    """A message into a thread whose reply is still being written is 409 (with that reply's URL):
+    not stored, so a flood into one thread cannot pile up replies its cap never counted. After
+    done the thread takes the next; a message refused by the cap leaves the thread free."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_CHAT_RATE_PER_S="0", BACKEND_THREAD_MAX_KB="16")
+    backend.start().wait_ready()
+    with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "one-at-a-time"}) as first:
+        first_tokens(first, 2)
+        with post_json(backend.port, "/api/chat/message", {"message": "me too", "threadId": "one-at-a-time"}) as second:
+            second.read_head()
+            assert second.status == 409
+            assert second.headers["content-location"] == first.headers["content-location"]
+        assert events(first.read_all())[-1].data["type"] == "done"
+    with post_json(backend.port, "/api/chat/message", {"message": "after", "threadId": "one-at-a-time"}) as third:
+        assert events(third.read_all())[-1].data["type"] == "done"
+    refused = []
+    for _ in range(3):  # 8000 characters at a time until the 16 KiB cap refuses one
+        with post_json(backend.port, "/api/chat/message", {"message": "x" * 8000, "threadId": "one-at-a-time"}) as big:
+            big.read_head()
+            refused.append(big.status)
+            if big.status == 200:
+                big.read_all()
+    assert refused[-1] == 413
+    db = redis.Redis(port=backend.redis.port, password=backend.redis.password, decode_responses=True)
+    claimed = db.get("pi5:thread:one-at-a-time:reply")
+    assert claimed and not db.exists(f"pi5:reply:{claimed}:meta"), "the refused message left the thread claimed"
+    _, _, thread = get_json(backend.port, "/api/chat/threads/one-at-a-time")
+    assert [m["content"][:5] for m in thread["messages"] if m["role"] == "user"][:2] == ["word0", "after"]
+
+
 def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:
     """What backup/restore relies on: the data dir alone carries the threads."""
     first = spawn(tmp_path / "volume", BACKEND_TOKEN_INTERVAL_MS="0").start().wait_ready()

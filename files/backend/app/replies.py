@@ -75,6 +75,27 @@ redis.call('EXPIRE', KEYS[2], ARGV[2])
 return {1, last}
 """
 
+# A thread takes one message at a time: its next message needs this reply in its history, and a
+# reply not yet stored cannot count against the thread's cap (a flood of messages into one thread
+# would each bring an uncounted reply). KEYS: the thread's key. ARGV: new reply, TTL s, done
+# prefix, thread id, created ms. The reply a thread waits for is read here, so its keys are built
+# here too (one Redis, no cluster). Returns the reply still in progress, or false after claiming:
+# the new reply's meta is written at once, so a second claim meanwhile sees it in progress.
+_CLAIM_THREAD = """
+local current = redis.call('GET', KEYS[1])
+if current and redis.call('EXISTS', 'pi5:reply:' .. current .. ':meta') == 1 then
+  local top = redis.call('XREVRANGE', 'pi5:reply:' .. current, '+', '-', 'COUNT', 1)
+  if #top == 0 or string.sub(top[1][2][2], 1, string.len(ARGV[3])) ~= ARGV[3] then
+    return current
+  end
+end
+local meta = 'pi5:reply:' .. ARGV[1] .. ':meta'
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', meta, 'kind', 'chat', 'threadId', ARGV[4], 'created', ARGV[5])
+redis.call('EXPIRE', meta, ARGV[2])
+return false
+"""
+
 
 def jobs_key(kind: Kind) -> str:
     """The job stream of a kind of reply."""
@@ -103,6 +124,10 @@ def meta_key(reply: str) -> str:
 
 def lease_key(reply: str) -> str:
     return f"pi5:reply:{reply}:lease"
+
+
+def thread_key(thread_id: str) -> str:
+    return f"pi5:thread:{thread_id}:reply"
 
 
 def request_key(request_id: str) -> str:
@@ -176,6 +201,7 @@ class ReplyQueue:
         self.ttl_s = settings.reply_ttl_s
         self.lease_ms = settings.worker_lease_ms
         self._append = self.redis.register_script(_APPEND)
+        self._claim_thread = self.redis.register_script(_CLAIM_THREAD)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -187,6 +213,24 @@ class ReplyQueue:
         except (RedisError, OSError, TimeoutError) as exc:
             return f"redis: {_describe(exc)}"
         return None
+
+    async def claim_thread(self, thread_id: str, reply: str) -> str | None:
+        """Make ``reply`` the one its thread waits for; else the reply still in progress there."""
+        try:
+            current = await self._claim_thread(
+                keys=[thread_key(thread_id)], args=[reply, self.ttl_s, DONE_PREFIX, thread_id, now_ms()]
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("cannot claim thread %s: %s", thread_id, _describe(exc))
+            raise QueueUnavailableError(UNAVAILABLE) from exc
+        return str(current) if current else None
+
+    async def release_thread(self, reply: str) -> None:
+        """Let go of a claim whose message was refused: without its meta the thread is free."""
+        try:
+            await self.redis.delete(meta_key(reply))
+        except (RedisError, OSError) as exc:  # the meta's TTL frees the thread then
+            log.warning("cannot release reply %s: %s", reply, _describe(exc))
 
     async def enqueue(self, job: Job) -> None:
         """Write the reply's meta, then queue its job; QueueUnavailableError when Redis is down."""

@@ -55,6 +55,7 @@ RequestIdQuery = Annotated[
 ]
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 State = Annotated[AppState, Depends(get_state)]
+THREAD_BUSY = "a reply is still being written in this thread; send the next message after its done"
 NOT_RESUMABLE = (
     "this message was sent already and cannot be resumed without a requestId; reload the thread"
 )
@@ -109,6 +110,7 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes
     responses={
         **openapi_sse_response(STREAM_DOC),
         413: {"description": "Body over BACKEND_MAX_BODY_KB, or the thread is full"},
+        409: {"description": "A reply is still being written in this thread (its URL in Content-Location)"},
         429: {"description": "Over BACKEND_CHAT_RATE_PER_S for this client"},
         503: {"description": "The reply queue (Redis) is unavailable"},
         507: {"description": "The store is full (BACKEND_STORE_MAX_MB)"},
@@ -233,16 +235,25 @@ async def start_reply(
     state: AppState, message: str, thread_id: str | None, reply: str | None = None
 ) -> EventStreamResponse:
     """Persist the user message, queue the reply (``reply`` or a new id) for the worker, and stream it."""
-    thread_id = thread_id or new_thread_id()
+    thread_id, reply = thread_id or new_thread_id(), reply or new_reply_id()
+    try:
+        busy = await state.queue.claim_thread(thread_id, reply)
+    except QueueUnavailableError as exc:
+        raise replies.unavailable(exc) from None
+    if busy is not None:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=THREAD_BUSY,
+                            headers={"Content-Location": replies.REPLY_URLS["chat"] + busy})  # fmt: skip
     try:
         await state.store.append(
             thread_id, StoredMessage(role="user", content=message, ts=now_ms())
         )
     except StoreFullError as exc:
+        await state.queue.release_thread(reply)
         raise HTTPException(exc.status, detail=str(exc)) from None
     except OSError as exc:
+        await state.queue.release_thread(reply)
         log.error("cannot store thread %s: %s", thread_id, exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"cannot store the message: {exc.strerror}"
         ) from exc
-    return await replies.start(state, Job("chat", reply or new_reply_id(), thread_id, {}))
+    return await replies.start(state, Job("chat", reply, thread_id, {}))
