@@ -27,6 +27,11 @@ CONFIG = ["/etc/nginx/pi5-tls/key.pem", "/etc/nginx/pi5-tls/cert.pem", "/etc/doc
 MESSAGES = ["hello from the rehearsal", "what does an SD card die of?", "tell me about nginx buffering"]
 
 
+# The chat API rate-limits each client (1/s, burst 10, each API process its share): as any client
+# of it, curl waits out a 429 (its Retry-After) and tries again.
+RETRY = ["--retry", "5"]
+
+
 def on_pi(instance: str, *argv: str) -> str:
     run = subprocess.run(["docker", "exec", instance, *argv], capture_output=True, text=True, timeout=60, check=False)
     if run.returncode != 0:
@@ -41,7 +46,7 @@ def auth_header() -> str:
 def send(instance: str, message: str, thread_id: str | None = None) -> str:
     """POST one chat message, read the whole SSE reply, return the thread id it was stored under."""
     body = json.dumps({"message": message, **({"threadId": thread_id} if thread_id else {})})
-    out = on_pi(instance, "curl", "-fsS", "-N", "--max-time", "30", "-X", "POST", f"{BACKEND}/api/chat/message",
+    out = on_pi(instance, "curl", "-fsS", "-N", *RETRY, "--max-time", "30", "-X", "POST", f"{BACKEND}/api/chat/message",
                 "-H", "Content-Type: application/json", "-H", auth_header(), "-d", body)
     events = [json.loads(line[6:]) for line in out.splitlines() if line.startswith("data: ")]
     if not events or events[-1]["type"] != "done" or any(e["type"] == "error" for e in events):
@@ -59,7 +64,7 @@ def make_threads(instance: str, state: Path) -> None:
 
 def snapshot(instance: str, state: Path) -> dict[str, Any]:
     ids = json.loads(state.read_text())
-    threads = {i: json.loads(on_pi(instance, "curl", "-fsS", "-H", auth_header(), f"{BACKEND}/api/chat/threads/{i}"))
+    threads = {i: json.loads(on_pi(instance, "curl", "-fsS", *RETRY, "-H", auth_header(), f"{BACKEND}/api/chat/threads/{i}"))
                for i in ids}
     sums = on_pi(instance, "sh", "-c", f"cd {DATA_DIR} && find . -type f -exec sha256sum {{}} +")
     owners = on_pi(instance, "find", DATA_DIR, "-printf", "%P %U:%G %m\n")
