@@ -128,11 +128,14 @@ class BackendProcess:
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM (what docker stop sends) to the API, then the worker and Redis; the API's exit code."""
         assert self.proc is not None
-        code = stop_process(self.proc, timeout)
-        if self.worker is not None:
-            stop_process(self.worker, timeout)
-        self.redis.stop()
-        return code
+        try:
+            return stop_process(self.proc, timeout)
+        finally:  # a hung API (TimeoutExpired) must not leave the worker and Redis behind
+            try:
+                if self.worker is not None:
+                    stop_process(self.worker, timeout)
+            finally:
+                self.redis.stop()
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

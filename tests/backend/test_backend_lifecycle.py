@@ -12,6 +12,8 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
+import redis
+
 from app.providers import Turn
 from app.settings import Settings
 from app.streaming import SHUTDOWN_MESSAGE
@@ -89,7 +91,7 @@ def test_a_client_that_leaves_does_not_stop_its_reply(tmp_path: Path) -> None:
 
 def test_heartbeat_while_the_model_thinks_and_open_before_it(tmp_path: Path) -> None:
     provider = EndlessProvider(first_delay_s=1.0)
-    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=0.2)
+    settings = Settings(data_dir=tmp_path, auth_off=True, heartbeat_s=0.2, graceful_shutdown_s=0)
     with (
         inprocess_backend(settings, provider) as port,
         post_json(port, "/api/chat/message", {"message": "think"}) as conn,
@@ -141,7 +143,7 @@ def test_slow_but_reading_client_is_not_dropped(tmp_path: Path) -> None:
     assert evts[-1].data["content"]["tokens"] == 12
 
 
-LONG_MESSAGE = " ".join(f"word{i}" for i in range(300))  # ~30 s of reply at 100 ms a token
+LONG_MESSAGE = " ".join(f"word{i}" for i in range(300))  # ~6 s of reply at 20 ms a token
 
 
 def first_tokens(conn: SSEConnection, count: int) -> tuple[Iterator[Block], list[Block]]:
@@ -159,7 +161,7 @@ def test_stopping_the_api_ends_its_streams_and_the_reply_goes_on(spawn: Spawner)
     """docker stop of the API container mid-reply: the stream ends cleanly at once, without a
     final event of its own; the reply goes on in Redis and the client resumes on the restarted
     API with Last-Event-ID, getting the rest exactly once."""
-    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="5")
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_GRACEFUL_SHUTDOWN_S="20")
     backend.start().wait_ready()
     with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "api-restart"}) as conn:
         blocks, seen = first_tokens(conn, 3)
@@ -169,7 +171,7 @@ def test_stopping_the_api_ends_its_streams_and_the_reply_goes_on(spawn: Spawner)
         seen += list(blocks)
         ended = time.monotonic() - stop_at
     assert conn.decoder.finished, "a clean end of the body, not a cut connection"
-    assert ended < 3, "streams end at once, not at the graceful-shutdown deadline"
+    assert ended < 8, "streams end at once, not at the graceful-shutdown deadline (20 s)"
     assert {e.data["type"] for e in events(seen)} <= {"status", "token"}, "no error, no done: the reply goes on"
     # uvicorn re-raises the SIGTERM after its graceful shutdown (as PID 1 in a container that is a no-op)
     assert backend.proc.wait(10) in {0, -signal.SIGTERM}
@@ -189,9 +191,10 @@ def test_stopping_the_api_ends_its_streams_and_the_reply_goes_on(spawn: Spawner)
 
 
 def test_stopping_the_worker_ends_running_replies_with_error_then_done(spawn: Spawner) -> None:
-    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="100", BACKEND_GRACEFUL_SHUTDOWN_S="1")
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_GRACEFUL_SHUTDOWN_S="1")
     backend.start().wait_ready()
-    with post_json(backend.port, "/api/chat/message", {"message": LONG_MESSAGE, "threadId": "worker-stop"}) as conn:
+    message = LONG_MESSAGE + " " + LONG_MESSAGE  # ~12 s of reply
+    with post_json(backend.port, "/api/chat/message", {"message": message, "threadId": "worker-stop"}) as conn:
         blocks, _ = first_tokens(conn, 3)
         stop_at = time.monotonic()
         assert backend.worker is not None
@@ -200,12 +203,38 @@ def test_stopping_the_worker_ends_running_replies_with_error_then_done(spawn: Sp
         ended = time.monotonic() - stop_at
     assert [e.data["type"] for e in rest][-2:] == ["error", "done"]
     assert rest[-2].data["content"] == SHUTDOWN_MESSAGE
-    assert 0.9 < ended < 4, "the running reply had BACKEND_GRACEFUL_SHUTDOWN_S to finish, then ended"
+    assert 0.9 < ended < 8, "the running reply had BACKEND_GRACEFUL_SHUTDOWN_S (1 s) to finish, then ended"
     assert backend.worker.wait(10) == 0
     lines = (backend.data_dir / "threads" / "worker-stop.jsonl").read_text().splitlines()
     stored = json.loads(lines[-1])  # one JSON line per message, the reply last
     assert (stored["status"], stored["error"]) == ("interrupted", SHUTDOWN_MESSAGE)
     assert "Traceback" not in backend.log()
+
+
+def test_a_busy_worker_still_stops_within_its_grace(spawn: Spawner) -> None:
+    """Every place taken (one chat running, one waiting for it): SIGTERM still ends both at once."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="20", BACKEND_GRACEFUL_SHUTDOWN_S="1",
+                    BACKEND_WORKER_CONCURRENCY="1", BACKEND_CHAT_RATE_PER_S="0")  # fmt: skip
+    backend.start().wait_ready()
+    very_long = LONG_MESSAGE + " " + LONG_MESSAGE + " " + LONG_MESSAGE  # ~18 s of reply
+    with post_json(backend.port, "/api/chat/message", {"message": very_long}) as running:
+        first_tokens(running, 3)
+        waiting = post_json(backend.port, "/api/chat/message", {"message": very_long})  # queued behind it
+        waiting.read_head()
+        jobs = redis.Redis(port=backend.redis.port, password=backend.redis.password)
+        deadline = time.monotonic() + 5
+        while jobs.xpending("pi5:jobs", "workers")["pending"] < 2:  # it waits for the only place
+            assert time.monotonic() < deadline, "the worker never read the second job"
+            time.sleep(0.05)
+        stop_at = time.monotonic()
+        assert backend.worker is not None
+        backend.worker.terminate()
+        assert backend.worker.wait(10) == 0
+        took = time.monotonic() - stop_at
+        ends = [[e.data["type"] for e in events(conn.read_all())][-2:] for conn in (running, waiting)]
+        waiting.close()
+    assert took < 8, "stopped within its grace (1 s), not when the running reply ended (~18 s)"
+    assert ends == [["error", "done"], ["error", "done"]]
 
 
 def test_threads_survive_a_restart_on_the_same_data_dir(spawn: Spawner, tmp_path: Path) -> None:

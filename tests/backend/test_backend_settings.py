@@ -9,6 +9,8 @@ from typing import get_args
 
 import pytest
 
+from app.main import create_app
+from app.server import build_server
 from app.settings import DEFAULT_ANTHROPIC_MODEL, Settings, SettingsError
 from tests.backend.backend_harness import BACKEND_DIR, clean_env
 
@@ -62,6 +64,9 @@ def test_each_process_enforces_its_share_of_the_limits() -> None:
     assert settings.one_process_share().processes == 4
     one = Settings.from_env({"BACKEND_AUTH": "off", **REDIS})
     assert one.one_process_share() is one
+    server = build_server(settings, create_app(settings))  # what each process's uvicorn enforces
+    assert server.config.limit_concurrency == 512
+    assert server.app_state.settings.probe_max_streams == 8
 
 
 @pytest.mark.parametrize(

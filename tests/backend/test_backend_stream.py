@@ -270,7 +270,9 @@ def test_health_ready_and_openapi(demo_backend: BackendProcess) -> None:
         "/api/chat/message",
         "/api/chat/message/stream",
         "/api/chat/threads/{threadId}",
+        "/api/chat/replies/{replyId}",
         "/api/probe/stream",
+        "/api/probe/replies/{replyId}",
     ):
         assert path in spec["paths"]
     assert (

@@ -17,12 +17,16 @@ from app.providers import ProviderError, Turn
 from app.providers.anthropic_api import to_messages
 from app.providers.demo import demo_reply, demo_tokens
 from app.ratelimit import RateLimiter, client_key, retry_after_seconds
-from app.sse import encode_event, event_json
+from app.sse import EventType, event_json, frame
 from app.storage import StoredMessage, StoreFullError, ThreadStore
 from app.streaming import SHUTDOWN_MESSAGE, StreamOptions, StreamResult, reply_events
 
 
-def test_encode_event_is_one_compact_utf8_data_line() -> None:
+def encode_event(event_id: int, kind: EventType, thread_id: str, content: str) -> bytes:
+    return frame(event_id, event_json(kind, thread_id, content))
+
+
+def test_an_event_is_one_compact_utf8_data_line() -> None:
     raw = encode_event(7, "token", "t1", 'a\nb 🚀 "q"')
     head, data_line, *rest = raw.split(b"\n")
     assert head == b"id: 7"
@@ -45,6 +49,10 @@ def test_split_lands_inside_a_character(text: str) -> None:
         first.decode()
     with pytest.raises(UnicodeDecodeError):
         second.decode()
+
+
+def test_an_event_outside_the_order_has_no_id() -> None:
+    assert frame(None, '{"type":"expired"}') == b'data: {"type":"expired"}\n\n'
 
 
 def test_ascii_is_not_split() -> None:

@@ -1,9 +1,10 @@
 """Entry point: ``python -m app`` reads settings from the environment and serves.
 
 With BACKEND_PROCESSES above 1 this process binds that many SO_REUSEPORT sockets on the
-one address, forks a server per socket and supervises them: SIGTERM/SIGINT are passed on
-(each server ends its streams and drains within BACKEND_GRACEFUL_SHUTDOWN_S), and a server
-that dies is replaced on the same socket, whose waiting connections it then accepts.
+one address and listens on them, forks a server per socket and supervises them:
+SIGTERM/SIGINT are passed on (each server ends its streams and drains within
+BACKEND_GRACEFUL_SHUTDOWN_S), and a server that dies is replaced on the same socket, whose
+waiting connections it then accepts (the socket stays open here, so none is refused).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .settings import Settings
 log = logging.getLogger("app")
 
 RESTART_PAUSE_S = 1.0  # between a server's death and its replacement: no tight crash loop
+BACKLOG = 2048  # uvicorn's default; connections wait there while their server starts
 
 
 def main() -> int:
@@ -34,6 +36,8 @@ def main() -> int:
         return serve(settings)
     try:
         sockets = [reuse_port_socket(settings.host, settings.port) for _ in range(settings.processes)]
+        for sock in sockets:  # all in the kernel's group before any server runs: none is skipped
+            sock.listen(BACKLOG)
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 1

@@ -13,10 +13,11 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from redis.exceptions import RedisError
 
-from .replies import DONE_PREFIX, Meta, ReplyQueue, reply_key
+from .replies import DONE_PREFIX, Meta, QueueUnavailableError, ReplyQueue, reply_key
 from .sse import KEEPALIVE, OPEN, event_json, frame, now_ms
 from .streaming import StreamResult
 
@@ -102,6 +103,10 @@ class Hub:
                 await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                 failures += 1
                 continue
+            except Exception:  # a bug must not leave every delivery of this process waiting forever
+                log.exception("hub read failed")
+                await asyncio.sleep(BACKOFF_S[-1])
+                continue
             if self.down_since is not None:
                 log.info("redis is back")
             self.down_since, failures = None, 0
@@ -135,28 +140,20 @@ async def deliver(
     Ends early without done when the process stops (the client resumes elsewhere) or
     Redis stays away longer than ``outage_s`` (an error event without id).
     """
-    loop = asyncio.get_running_loop()
     follower = hub.follow(reply_key(reply), after)
-    quiet_since = loop.time()  # the last entry, or the last look at the worker
-    tick = min(options.heartbeat_s, options.lease_s / 2)
+    watch = _Watch(hub, reply, meta, follower, options, asyncio.get_running_loop())
     try:
         yield OPEN
-        last_write = loop.time()
         while True:
             try:
-                async with asyncio.timeout(tick):
+                async with asyncio.timeout_at(watch.deadline()):
                     entries = await follower.inbox.get()
             except TimeoutError:
-                now = loop.time()
-                if hub.down_since is not None and now - hub.down_since >= options.outage_s:
-                    yield frame(None, event_json("error", meta.thread_id, REDIS_GONE))
+                chunk, end = await watch.silence()
+                if chunk:
+                    yield chunk
+                if end:
                     return
-                if now - quiet_since >= options.lease_s and hub.down_since is None:
-                    quiet_since = now
-                    await _rescue_if_abandoned(hub.queue, reply, meta, options)
-                if now - last_write >= options.heartbeat_s:
-                    yield KEEPALIVE
-                    last_write = now
                 continue
             if entries is None:
                 return
@@ -165,9 +162,53 @@ async def deliver(
                     yield chunk
                 if data.startswith(DONE_PREFIX):
                     return
-            quiet_since = last_write = loop.time()
+            watch.wrote(quiet=False)
     finally:
         hub.leave(follower)
+
+
+@dataclass(slots=True)
+class _Watch:
+    """What a delivery does when nothing arrives: heartbeats, a look at the reply, an outage's end."""
+
+    hub: Hub
+    reply: str
+    meta: Meta
+    follower: Follower
+    options: DeliveryOptions
+    loop: asyncio.AbstractEventLoop
+    last_write: float = 0.0
+    quiet_since: float = 0.0  # the last entry, or the last look at the reply
+
+    def __post_init__(self) -> None:
+        self.last_write = self.quiet_since = self.loop.time()
+
+    def wrote(self, *, quiet: bool) -> None:
+        self.last_write = self.loop.time()
+        if not quiet:
+            self.quiet_since = self.last_write
+
+    def deadline(self) -> float:
+        deadline = min(self.last_write + self.options.heartbeat_s, self.quiet_since + self.options.lease_s)
+        if self.hub.down_since is not None:
+            deadline = min(deadline, self.hub.down_since + self.options.outage_s)
+        return deadline
+
+    async def silence(self) -> tuple[bytes | None, bool]:
+        """(what to write, whether the stream ends) once a deadline passed."""
+        now, thread = self.loop.time(), self.meta.thread_id
+        if self.hub.down_since is not None and now - self.hub.down_since >= self.options.outage_s:
+            return frame(None, event_json("error", thread, REDIS_GONE)), True
+        if now - self.quiet_since >= self.options.lease_s:
+            self.quiet_since = now  # while Redis is away, the next look waits for it
+            if self.hub.down_since is None:
+                state = await _check_on(self.hub.queue, self.reply, self.meta, self.follower.cursor, self.options)
+                if state is not None:
+                    return (frame(None, event_json("expired", thread, EXPIRED)) if state == "gone" else None), True
+        if now - self.last_write >= self.options.heartbeat_s:
+            self.wrote(quiet=True)
+            return KEEPALIVE, False
+        return None, False
 
 
 def expired_stream(thread_id: str) -> bytes:
@@ -175,22 +216,32 @@ def expired_stream(thread_id: str) -> bytes:
     return OPEN + frame(None, event_json("expired", thread_id, EXPIRED))
 
 
-async def _rescue_if_abandoned(queue: ReplyQueue, reply: str, meta: Meta, options: DeliveryOptions) -> None:
-    """End a reply with error + done when its worker is gone, or none took it in time."""
+async def _check_on(
+    queue: ReplyQueue, reply: str, meta: Meta, cursor: int, options: DeliveryOptions
+) -> Literal["gone", "past the end"] | None:
+    """A quiet reply, looked at: gone from Redis (a restart without its data), or already sent
+    to its done (a client that resumed after it); else, when its worker is gone or none took
+    it in time, end it with error + done (which the hub then delivers)."""
     try:
+        if await queue.meta(reply) is None:
+            return "gone"
         last, data = await queue.last_entry(reply)
-        if (data is not None and data.startswith(DONE_PREFIX)) or await queue.lease_held(reply):
-            return
+        finished = data is not None and data.startswith(DONE_PREFIX)
+        if finished and cursor >= last:
+            return "past the end"
+        if finished or await queue.lease_held(reply):
+            return None
         waited_s = (now_ms() - meta.created_ms) / 1000
         if last == 0 and waited_s < options.unclaimed_s:
-            return
+            return None
         message = NOT_TAKEN if last == 0 else WORKER_GONE
         result = StreamResult(parts=_tokens(await queue.events(reply)))
         closing = [event_json("error", meta.thread_id, message), event_json("done", meta.thread_id, result.summary())]
         if (await queue.append(reply, last, closing, rescue=True)).ok:
             log.warning("reply %s: %s; ended it", reply, message)
-    except (RedisError, OSError) as exc:  # the hub notices the outage too; try again next time
+    except (RedisError, OSError, QueueUnavailableError) as exc:  # the hub notices the outage too
         log.warning("reply %s: cannot check on its worker: %s", reply, exc)
+    return None
 
 
 def _tokens(events: list[str]) -> list[str]:

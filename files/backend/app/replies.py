@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -42,6 +42,9 @@ _REPLY_ID = re.compile(REPLY_ID_PATTERN)
 DONE_PREFIX = '{"type":"done"'
 UNAVAILABLE = "the reply queue is unavailable (Redis); try again shortly"
 PING_TIMEOUT_S = 1.0
+MAX_JOBS = 10_000
+POOL_SIZE = 64  # connections per process; the hub's blocking read holds one
+POOL_WAIT_S = 5.0
 
 Kind = Literal["chat", "probe"]
 
@@ -97,8 +100,10 @@ def entry_number(entry_id: str) -> int:
 
 
 def connect(settings: Settings) -> Redis:
-    """A client that fails fast: a few quick retries, then the caller's error path (503, backoff)."""
-    return Redis(
+    """A client that fails fast (a few quick retries, then the caller's error path: 503, backoff)
+    and holds at most POOL_SIZE connections: a burst of requests waits for one (POOL_WAIT_S)
+    instead of opening a connection each, which Redis and the pool would refuse past their caps."""
+    pool = BlockingConnectionPool(
         host=settings.redis_host,
         port=settings.redis_port,
         password=settings.redis_password,
@@ -107,7 +112,10 @@ def connect(settings: Settings) -> Redis:
         socket_connect_timeout=2,
         health_check_interval=10,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT_S,
     )
+    return Redis.from_pool(pool)
 
 
 class QueueUnavailableError(Exception):
@@ -174,7 +182,9 @@ class ReplyQueue:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(meta, mapping={"kind": job.kind, "threadId": job.thread_id, "created": now_ms()})
                 pipe.expire(meta, self.ttl_s)
-                pipe.xadd(JOBS, fields)  # type: ignore[arg-type]
+                # Bounded: jobs queued while no worker runs have had their replies ended (error +
+                # done) by then; the oldest go first.
+                pipe.xadd(JOBS, fields, maxlen=MAX_JOBS, approximate=True)  # type: ignore[arg-type]
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("cannot queue reply %s: %s", job.reply, _describe(exc))

@@ -77,7 +77,7 @@ def build_server(settings: Settings, app: FastAPI) -> BackendServer:
         host=settings.host,
         port=settings.port,
         http=protocol,
-        limit_concurrency=settings.max_connections,
+        limit_concurrency=settings.one_process_share().max_connections,
         loop="asyncio",
         lifespan="on",
         proxy_headers=True,

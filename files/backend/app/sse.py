@@ -7,7 +7,9 @@ Wire format (what every stream of this backend looks like):
     id: 1\\ndata: {...}\\n\\n     one JSON event; ids count from 1, no ``event:``
     : keepalive\\n\\n            comment after BACKEND_HEARTBEAT_S of silence
 
-Each event's JSON is compact UTF-8 with keys type, threadId, content, ts.
+Each event's JSON is compact UTF-8 with keys type, threadId, content, ts. An
+event outside the reply's order (``expired``, or the error of a Redis outage)
+has no ``id:``, so a browser's Last-Event-ID stays the last real one.
 """
 
 from __future__ import annotations
@@ -56,11 +58,6 @@ def frame(event_id: int | None, data: str) -> bytes:
     return f"{head}data: {data}\n\n".encode()
 
 
-def encode_event(event_id: int | None, kind: EventType, thread_id: str, content: Content) -> bytes:
-    """One ``id:``/``data:`` event, its ``ts`` taken now."""
-    return frame(event_id, event_json(kind, thread_id, content))
-
-
 class SendTimeoutError(Exception):
     """The client stopped reading: a write did not complete in time."""
 
@@ -71,7 +68,8 @@ class EventStreamResponse(Response):
     Unlike Starlette's StreamingResponse it bounds each send: a client that
     keeps the connection open but stops reading (full socket buffers) is
     dropped after ``send_timeout_s`` instead of pinning the generator forever.
-    A client disconnect cancels the body iterator, which cancels the provider.
+    A client disconnect cancels the body iterator: its delivery stops, the
+    reply goes on in the worker.
     """
 
     media_type = MEDIA_TYPE

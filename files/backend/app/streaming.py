@@ -102,10 +102,10 @@ async def reply_events(
             else:
                 result.parts.append(item.text)
                 yield Event("token", item.text)
+        result.outcome, result.error = end.outcome, end.error  # known before done, for whoever stores it
         if end.error is not None:
             yield Event("error", end.error)
         yield Event("done", result.summary())
-        result.outcome, result.error = end.outcome, end.error
     finally:
         for worker in workers:
             worker.cancel()

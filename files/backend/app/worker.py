@@ -27,7 +27,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from .probe import ProbeParams, probe_tokens
 from .providers import Provider, ProviderError, build_provider
-from .replies import GROUP, JOBS, Job, ReplyQueue
+from .replies import GROUP, JOBS, Job, QueueUnavailableError, ReplyQueue
 from .server import configure_logging, load_settings
 from .settings import Settings
 from .sse import event_json, now_ms
@@ -41,6 +41,7 @@ BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 ENDING_GRACE_S = 5.0  # after the error + done, for the last append and the stored message
 TAKEN = "another process ended this reply (its worker was thought gone)"
 LOST = "the reply queue (Redis) stayed unavailable; the reply was given up"
+GONE = "the reply is gone from the reply queue (Redis restarted without it)"
 
 
 class ReplyLostError(Exception):
@@ -96,7 +97,7 @@ class ReplyWriter:
             if done.ok or (done.last == self.last + len(batch) and done.last_event == batch[-1]):
                 self.last = done.last
                 return
-            self.lost = TAKEN
+            self.lost = GONE if done.last == 0 else TAKEN
             return
 
 
@@ -120,17 +121,23 @@ class Worker:
     async def run(self) -> None:
         log.info("worker %s: provider %s, %d chat replies at once", self.name, self.provider.name,
                  self.settings.worker_concurrency)  # fmt: skip
-        failures = 0
-        while not self.stopping.is_set():
-            await self.backlog.acquire()
+        loop = asyncio.get_running_loop()
+        failures, next_sweep = 0, loop.time()
+        while await self._room():
             try:
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + 2 * self.settings.worker_lease_ms / 1000
+                    await self._sweep()
                 found = await self._read()
             except (RedisError, OSError) as exc:
                 self.backlog.release()
-                log.warning("cannot read jobs, retrying: %s", exc)
+                if not failures:  # once per outage, not once per retry
+                    log.warning("cannot read jobs, retrying: %s", exc)
                 await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
                 failures += 1
                 continue
+            if failures:
+                log.info("reading jobs again")
             failures = 0
             if found is None:
                 self.backlog.release()
@@ -139,6 +146,20 @@ class Worker:
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
         await self._drain()
+
+    async def _room(self) -> bool:
+        """Wait for room for one more job (a backlog place): False once stopping, placeless."""
+        acquire = asyncio.ensure_future(self.backlog.acquire())
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({acquire, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not acquire.done():  # SIGTERM while every place waits for a chat slot
+            acquire.cancel()
+            return False
+        if self.stopping.is_set():
+            self.backlog.release()
+            return False
+        return True
 
     async def _read(self) -> tuple[str, dict[str, str]] | None:
         """The next job for this worker, None after READ_BLOCK_MS without one."""
@@ -153,6 +174,24 @@ class Worker:
             for entry_id, fields in entries:
                 return str(entry_id), {str(k): str(v) for k, v in fields.items()}
         return None
+
+    async def _sweep(self) -> None:
+        """Let go of jobs that a worker which died (SIGKILL, a crash) took and never finished.
+
+        Their replies were ended by the lease rule (a delivery process writes error + done);
+        what remains is the job, pending in the group forever. A job whose reply still has a
+        lease, or that this worker holds, is left alone. Looked for at start and every two leases.
+        """
+        idle_ms = 2 * self.settings.worker_lease_ms
+        with contextlib.suppress(ResponseError):  # NOGROUP: nothing pending anywhere
+            stale: Any = await self.queue.redis.xpending_range(JOBS, GROUP, min="-", max="+", count=100, idle=idle_ms)
+            for entry in stale:
+                entry_id, consumer = str(entry["message_id"]), str(entry["consumer"])
+                jobs: Any = await self.queue.redis.xrange(JOBS, entry_id, entry_id)
+                reply = str(jobs[0][1].get("reply", "")) if jobs else ""
+                if consumer != self.name and not (reply and await self.queue.lease_held(reply)):
+                    log.info("job %s of %s was left unfinished; let go", entry_id, consumer)
+                    await self._done_with(entry_id)
 
     async def _create_group(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker made it first
@@ -182,6 +221,8 @@ class Worker:
                 await self._reply(job)
         except (ValueError, KeyError) as exc:
             log.warning("job %s is not one of ours: %s", entry_id, exc)
+        except (RedisError, OSError, QueueUnavailableError) as exc:  # its reply ends by the lease rule
+            log.warning("job %s: the reply queue failed: %s", entry_id, exc)
         finally:
             if waiting:
                 self.backlog.release()
@@ -197,16 +238,26 @@ class Worker:
             log.warning("cannot acknowledge job %s: %s", entry_id, exc)
 
     async def _reply(self, job: Job) -> None:
+        if await self.queue.meta(job.reply) is None or (await self.queue.last_entry(job.reply))[0]:
+            # Expired, or already ended (no worker took it in time): nothing to generate for.
+            log.warning("reply %s was over before it was taken; skipped", job.reply)
+            return
         if not await self.queue.take_lease(job.reply, self.name):
             log.warning("reply %s is held by another worker; skipped", job.reply)
             return
         renewing = asyncio.create_task(self._renew(job.reply))
         result = StreamResult()
         writer = ReplyWriter(self.queue, job.reply, self.settings.redis_outage_s)
+        stored = job.kind != "chat"
         try:
             events = reply_events(self._tokens(job), options=self._options(job), shutdown=self.ending, result=result)
             async with aclosing(events) as stream:
                 async for event in stream:
+                    if event.kind == "done" and not stored:
+                        # Stored before anyone can read done: a message sent right after it has
+                        # this reply in its history.
+                        stored = True
+                        await save_reply(self.store, job.thread_id, result)
                     writer.add(event_json(event.kind, job.thread_id, event.content))
             await writer.close()
         except ReplyLostError as exc:
@@ -215,7 +266,7 @@ class Worker:
             renewing.cancel()
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.drop_lease(job.reply)
-            if job.kind == "chat":
+            if not stored:
                 await save_reply(self.store, job.thread_id, result)
 
     def _options(self, job: Job) -> StreamOptions:
