@@ -285,7 +285,8 @@ def test_a_thread_takes_one_message_at_a_time(spawn: Spawner) -> None:
     assert refused[-1] == 413
     db = redis.Redis(port=backend.redis.port, password=backend.redis.password, decode_responses=True)
     claimed = db.get("pi5:thread:one-at-a-time:reply")
-    assert claimed and not db.exists(f"pi5:reply:{claimed}:meta"), "the refused message left the thread claimed"
+    assert isinstance(claimed, str)
+    assert not db.exists(f"pi5:reply:{claimed}:meta"), "the refused message left the thread claimed"
     _, _, thread = get_json(backend.port, "/api/chat/threads/one-at-a-time")
     assert [m["content"][:5] for m in thread["messages"] if m["role"] == "user"][:2] == ["word0", "after"]
 
