@@ -190,13 +190,25 @@ async def chat_flood(target: Target, params: Params) -> Params:
 
 
 async def thread_growth(target: Target, params: Params) -> Params:
-    """Long messages into one thread from many addresses, then concurrent reads of it."""
+    """Long messages into one thread from many addresses, then concurrent reads of it.
+
+    A thread takes one message at a time (409 while its reply is written): each post reads its
+    reply to the end, and one answered 409 tries again until it is taken or the attack's time is up.
+    """
     thread, headers = params["thread"], params.get("headers", {})
     body = json.dumps({"message": "grow " + "y" * 7990, "threadId": thread}).encode()
     head = request_head("POST", "/api/chat/message", {
         "Content-Type": "application/json", "Content-Length": str(len(body)), **headers})
-    posts = await bounded([one_request(target, source, head, body, body=False)
-                           for source in sources(params) for _ in range(params["per_source"])], 16)
+    deadline = time.monotonic() + float(params["seconds"])
+
+    async def post(source: str) -> tuple[int, bytes]:
+        while True:
+            status, answer = await one_request(target, source, head, body)
+            if status != 409 or time.monotonic() > deadline:
+                return status, answer
+            await asyncio.sleep(0.02)
+
+    posts = await bounded([post(source) for source in sources(params) for _ in range(params["per_source"])], 16)
     read_head = request_head("GET", f"/api/chat/threads/{thread}", headers)
     reads = await bounded([one_request(target, source, read_head, answer_within_s=30)
                            for source in sources(params)[: params["readers"]]], params["readers"])

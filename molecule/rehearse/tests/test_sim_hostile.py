@@ -77,6 +77,9 @@ OLD_BACKEND_ENV = {
     "BACKEND_PROBE_MAX_STREAMS": "1000000",
     "BACKEND_PROBE_MAX_S": "3600",
     "BACKEND_THREAD_MAX_KB": "1048576",
+    # Not a limit: the demo provider's pace. A thread takes one message at a time, so the flood's posts
+    # follow each other; at once, they can carry the old stack's thread past the cap within the attack.
+    "BACKEND_TOKEN_INTERVAL_MS": "0",
 }
 
 
