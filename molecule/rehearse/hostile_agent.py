@@ -190,7 +190,7 @@ async def chat_flood(target: Target, params: Params) -> Params:
 
 
 async def thread_growth(target: Target, params: Params) -> Params:
-    """Long messages into one thread from many addresses, then concurrent reads of it.
+    """Long messages into one thread from many addresses, then concurrent reads of it from as many others.
 
     A thread takes one message at a time (409 while its reply is written): each post reads its
     reply to the end, and one answered 409 tries again until it is taken or the attack's time is up.
@@ -208,10 +208,12 @@ async def thread_growth(target: Target, params: Params) -> Params:
                 return status, answer
             await asyncio.sleep(0.02)
 
-    posts = await bounded([post(source) for source in sources(params) for _ in range(params["per_source"])], 16)
+    writers = sources(params)
+    posts = await bounded([post(source) for source in writers for _ in range(params["per_source"])], 16)
+    # The readers come from addresses of their own: the writers' retries spend their own chat rate.
+    readers = sources({**params, "sources": len(writers) + int(params["readers"])})[len(writers):]
     read_head = request_head("GET", f"/api/chat/threads/{thread}", headers)
-    reads = await bounded([one_request(target, source, read_head, answer_within_s=30)
-                           for source in sources(params)[: params["readers"]]], params["readers"])
+    reads = await bounded([one_request(target, source, read_head, answer_within_s=30) for source in readers], len(readers))
     return {"posts": counted(posts), "reads": counted(reads), "largest_read": max(len(b) for _, b in reads)}
 
 
