@@ -17,16 +17,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import redis
 
 from app.delivery import NOT_TAKEN, WORKER_GONE
-from app.replies import UNAVAILABLE, ReplyQueue, lease_key, meta_key, reply_key
+from app.replies import UNAVAILABLE, AppendCall, Appended, ReplyQueue, lease_key, meta_key, reply_key
 from app.settings import Settings
-from app.worker import GONE, TAKEN, ReplyWriter
+from app.worker import GONE, TAKEN, AppendBatcher, ReplyWriter
 from tests.backend.backend_client import Block, SSEConnection, events, get_json, post_json
 from tests.backend.backend_harness import BACKEND_DIR, BackendProcess, Spawner, clean_env
 from tests.redis_server import RedisServer
@@ -381,6 +381,46 @@ def test_appends_are_all_or_nothing_and_a_rescue_yields_to_a_lease(queue_redis: 
             await retried.close()  # sent again: recognised as its own, not a conflict
             assert (retried.last, retried.lost) == (2, None)
             assert await queue.events("b" * 32) == ["t1", "t2"]
+        finally:
+            await queue.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_many_writers_share_round_trips_and_each_reply_stays_whole(queue_redis: RedisServer) -> None:
+    """The worker's batcher: 40 replies written at once in few pipelines, every event once and in
+    order; a writer refused in a pipeline stops alone; after Redis lost its scripts they still land."""
+    settings = Settings(redis_port=queue_redis.port, redis_password=queue_redis.password)
+    pipelines: list[int] = []
+
+    class CountingQueue(ReplyQueue):
+        async def append_many(self, calls: Sequence[AppendCall]) -> list[Appended | Exception]:
+            pipelines.append(len(calls))
+            return await super().append_many(calls)
+
+    async def write(writer: ReplyWriter, events: int) -> None:
+        for n in range(events):
+            writer.add(f"{writer.reply[:4]} {n}")
+            await asyncio.sleep(0)
+        await writer.close()
+
+    async def scenario() -> None:
+        queue = CountingQueue(settings)
+        batcher = AppendBatcher(queue)
+        replies = [f"{i:04d}" + "c" * 28 for i in range(40)]
+        try:
+            late = ReplyWriter(batcher, "d" * 32, outage_s=1)
+            await queue.append("d" * 32, 0, ["someone else's"])  # the rescue won: this writer is behind
+            await queue.redis.script_flush()  # as after a Redis restart: the first pipeline meets NOSCRIPT
+            writers = [ReplyWriter(batcher, reply, outage_s=1) for reply in replies]
+            late.add("refused")
+            await asyncio.gather(*(write(w, 25) for w in writers), late.close(), return_exceptions=True)
+            for reply in replies:
+                assert await queue.events(reply) == [f"{reply[:4]} {n}" for n in range(25)], reply
+            assert late.lost == TAKEN
+            assert await queue.events("d" * 32) == ["someone else's"]
+            assert sum(pipelines) < 40 * 25 / 4, f"{sum(pipelines)} appends for 1000 events: not batched"
+            assert len(pipelines) < sum(pipelines) / 4, f"{len(pipelines)} pipelines for {sum(pipelines)} appends"
         finally:
             await queue.aclose()
 

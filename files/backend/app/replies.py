@@ -30,7 +30,7 @@ from typing import Any, Literal
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .settings import Settings
 from .sse import now_ms
@@ -176,6 +176,10 @@ class Appended:
     last_event: str | None = None  # on refusal: the data of the entry at ``last``
 
 
+# One append: the reply, the last n its writer knows of, the events to add after it.
+AppendCall = tuple[str, int, Sequence[str]]
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     kind: Kind
@@ -289,11 +293,30 @@ class ReplyQueue:
         """Append events after entry ``expected_last``, all or none (see _APPEND)."""
         mode = "rescue" if rescue else "work"
         keys = [reply_key(reply), meta_key(reply), lease_key(reply)]
-        answer = await self._append(keys=keys, args=[expected_last, self.ttl_s, mode, *events])
-        if int(answer[0]) == 1:
-            return Appended(ok=True, last=int(answer[1]))
-        last_event = answer[2] if len(answer) > 2 and isinstance(answer[2], str) else None
-        return Appended(ok=False, last=int(answer[1]), last_event=last_event)
+        return _appended(await self._append(keys=keys, args=[expected_last, self.ttl_s, mode, *events]))
+
+    async def append_many(self, calls: Sequence[AppendCall]) -> list[Appended | Exception]:
+        """Several workers' appends in one round trip (a pipeline of the script), each all or none.
+
+        One answer per call, in order: its Appended, or the error Redis gave that call alone. The
+        script runs by its hash; after a Redis restart emptied the script cache, it is loaded once
+        and the calls refused for that run again. A lost connection raises, as ``append`` does.
+        """
+        answers: list[Any] = [NoScriptError()] * len(calls)
+        for attempt in range(2):
+            redo = [i for i, answer in enumerate(answers) if isinstance(answer, NoScriptError)]
+            if not redo:
+                break
+            if attempt:
+                await self.redis.script_load(_APPEND)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in redo:
+                    reply, expected_last, events = calls[i]
+                    pipe.evalsha(self._append.sha, 3, reply_key(reply), meta_key(reply), lease_key(reply),
+                                 expected_last, self.ttl_s, "work", *events)  # fmt: skip
+                for i, answer in zip(redo, await pipe.execute(raise_on_error=False), strict=True):
+                    answers[i] = answer
+        return [answer if isinstance(answer, Exception) else _appended(answer) for answer in answers]
 
     async def read(self, cursors: Mapping[str, int], *, count: int, block_ms: int) -> list[tuple[str, list[tuple[int, str]]]]:
         """XREAD BLOCK of reply streams past each cursor: [(key, [(n, event), ...]), ...]."""
@@ -330,6 +353,14 @@ class ReplyQueue:
 
     async def drop_lease(self, reply: str) -> None:
         await self.redis.delete(lease_key(reply))
+
+
+def _appended(answer: Any) -> Appended:
+    """The script's answer: {1, last} when appended, {0, last, last event} when refused."""
+    if int(answer[0]) == 1:
+        return Appended(ok=True, last=int(answer[1]))
+    last_event = answer[2] if len(answer) > 2 and isinstance(answer[2], str) else None
+    return Appended(ok=False, last=int(answer[1]), last_event=last_event)
 
 
 def _str(value: object) -> str:

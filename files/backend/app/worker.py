@@ -19,15 +19,15 @@ import signal
 import socket
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
 from .probe import ProbeParams, probe_tokens
 from .providers import Provider, ProviderError, build_provider
-from .replies import GROUP, JOBS, PROBE_JOBS, Job, QueueUnavailableError, ReplyQueue
+from .replies import GROUP, JOBS, PROBE_JOBS, AppendCall, Appended, Job, QueueUnavailableError, ReplyQueue
 from .server import configure_logging, load_settings
 from .settings import Settings
 from .sse import event_json, now_ms
@@ -48,10 +48,55 @@ class ReplyLostError(Exception):
     """The reply can no longer be written: someone else ended it, or Redis stayed away."""
 
 
+class Appends(Protocol):
+    async def append(self, reply: str, expected_last: int, events: Sequence[str]) -> Appended: ...
+
+
+class AppendBatcher:
+    """Every reply's appends, in one pipeline per round trip to Redis.
+
+    A worker writing hundreds of replies at once would otherwise make one round trip per token
+    (half its CPU, measured). The appends asked for while a pipeline is out go in the next one,
+    so the batches grow with the load and cost no waiting when it is light.
+    """
+
+    def __init__(self, queue: ReplyQueue) -> None:
+        self.queue = queue
+        self._calls: list[tuple[AppendCall, asyncio.Future[Appended]]] = []
+        self._sending: asyncio.Task[None] | None = None
+
+    async def append(self, reply: str, expected_last: int, events: Sequence[str]) -> Appended:
+        answer: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._calls.append(((reply, expected_last, events), answer))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._send())
+        return await answer
+
+    async def _send(self) -> None:
+        while self._calls:
+            calls, self._calls = self._calls, []
+            try:
+                answers: Sequence[Appended | Exception] = await self.queue.append_many([call for call, _ in calls])
+            except (RedisError, OSError) as exc:  # each writer retries, or gives up, on its own
+                answers = [exc] * len(calls)
+            except BaseException as exc:  # not left waiting forever on a bug or a cancellation
+                for _, answer in calls:
+                    if not answer.done():
+                        answer.set_exception(RedisError(f"append failed: {exc!r}"))
+                raise
+            for (_, answer), result in zip(calls, answers, strict=True):
+                if answer.done():  # its writer was cancelled meanwhile
+                    continue
+                if isinstance(result, Exception):
+                    answer.set_exception(result)
+                else:
+                    answer.set_result(result)
+
+
 class ReplyWriter:
     """A reply's events into its stream, batched: those made during one append go in the next."""
 
-    def __init__(self, queue: ReplyQueue, reply: str, outage_s: float) -> None:
+    def __init__(self, queue: Appends, reply: str, outage_s: float) -> None:
         self.queue = queue
         self.reply = reply
         self.outage_s = outage_s
@@ -114,6 +159,7 @@ class Worker:
         self.stopping = asyncio.Event()  # take no new job
         self.ending = asyncio.Event()  # end running replies with error + done
         self.tasks: set[asyncio.Task[None]] = set()
+        self.appender = AppendBatcher(queue)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -255,7 +301,7 @@ class Worker:
             return
         renewing = asyncio.create_task(self._renew(job.reply))
         result = StreamResult()
-        writer = ReplyWriter(self.queue, job.reply, self.settings.redis_outage_s)
+        writer = ReplyWriter(self.appender, job.reply, self.settings.redis_outage_s)
         stored = job.kind != "chat"
         try:
             events = reply_events(self._tokens(job), options=self._options(job), shutdown=self.ending, result=result)
