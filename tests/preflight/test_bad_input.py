@@ -79,7 +79,6 @@ CASES: dict[str, tuple[str, Case]] = {
     "unknown restart policy": ("backend_restart_policy", settings(backend_restart_policy="sometimes")),
     "unknown swap policy": ("pi_base_swap", settings(pi_base_swap="file")),
     "journal size not a number": ("pi_base_journal_max_use_mb", settings(pi_base_journal_max_use_mb="lots")),
-    "eviction policy that could drop a reply in progress": ("redis_maxmemory_policy", settings(redis_maxmemory_policy="allkeys-lru")),
     "Redis memory not a number": ("redis_maxmemory_mb", settings(redis_maxmemory_mb="lots")),
     "restore switch not a bool": ("backup_restore_missing_data", settings(backup_restore_missing_data="sometimes")),
     # Each role's own rules.
