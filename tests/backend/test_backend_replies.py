@@ -193,6 +193,32 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
         assert events(after.read_all())[-1].data["type"] == "done"
 
 
+def test_a_message_whose_job_cannot_be_queued_leaves_its_thread_free(spawn: Spawner) -> None:
+    """Redis refuses the job after the thread was claimed for it (here its queue key holds a
+    string: a real Redis error between the claim and the XADD): 503, and the thread (and the
+    requestId) take the next message at once, not after BACKEND_REPLY_TTL_S."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="0", BACKEND_CHAT_RATE_PER_S="0").start().wait_ready()
+    db = store(backend)
+    request_path = "/api/chat/message/stream?message=again&threadId=unqueued-rid&requestId=unqueued-request-1"
+    db.delete("pi5:jobs")
+    db.set("pi5:jobs", "not a stream")
+    try:
+        with post_json(backend.port, "/api/chat/message", {"message": "first", "threadId": "unqueued"}) as conn:
+            body = conn.read_body()
+        assert (conn.status, body) == (503, b'{"detail":"%s"}' % UNAVAILABLE.encode())
+        with SSEConnection(backend.port, "GET", request_path) as conn:
+            conn.read_body()
+        assert conn.status == 503
+    finally:
+        db.delete("pi5:jobs")  # the worker makes its group again (NOGROUP)
+    for conn in (post_json(backend.port, "/api/chat/message", {"message": "again", "threadId": "unqueued"}),
+                 SSEConnection(backend.port, "GET", request_path)):  # fmt: skip
+        with conn:
+            conn.read_head()
+            assert conn.status == 200, "the refused message left its thread claimed"
+            assert_whole(events(conn.read_all()))
+
+
 def test_a_reply_no_worker_takes_ends_with_error_then_done(spawn: Spawner) -> None:
     backend = spawn(BACKEND_PROVIDER_TIMEOUT_S="1", BACKEND_WORKER_LEASE_MS="1000").start().wait_ready()
     assert backend.worker is not None
