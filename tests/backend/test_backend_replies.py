@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -191,6 +192,35 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
     assert db.xlen("pi5:jobs") == 0
     with post_json(backend.port, "/api/chat/message", {"message": "next", "threadId": "killed"}) as after:
         assert events(after.read_all())[-1].data["type"] == "done"
+
+
+def test_a_worker_killed_with_no_one_watching_is_ended_by_the_next_worker(spawn: Spawner) -> None:
+    """No client reads the reply (the phone went away) when its worker is killed: the next
+    worker's sweep ends it with the same error + done a delivery would write, so its thread
+    takes the next message at once instead of answering 409 until BACKEND_REPLY_TTL_S."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="50", BACKEND_WORKER_LEASE_MS="1000").start().wait_ready()
+    with post_json(backend.port, "/api/chat/message", {"message": LONG, "threadId": "unwatched"}) as conn:
+        read_until_token(conn, 3)
+        reply = conn.headers["content-location"].rpartition("/")[2]
+    db = store(backend)
+    assert backend.worker is not None
+    backend.worker.send_signal(signal.SIGKILL)
+    backend.worker.wait(10)
+    assert db.xpending("pi5:jobs", "workers")["pending"] == 1, "the dead worker's job is pending"
+    backend.start_worker()
+    deadline = time.monotonic() + 8
+    while db.xpending("pi5:jobs", "workers")["pending"]:
+        assert time.monotonic() < deadline, "the dead worker's job stayed pending"
+        time.sleep(0.1)
+    entries: Any = db.xrange(reply_key(reply))
+    stored = [json.loads(fields["e"]) for _, fields in entries]
+    assert [e["type"] for e in stored][-2:] == ["error", "done"], "the swept reply was left unended"
+    assert stored[-2]["content"] == WORKER_GONE
+    assert stored[-1]["content"]["tokens"] == len([e for e in stored if e["type"] == "token"]) >= 3
+    with post_json(backend.port, "/api/chat/message", {"message": "next", "threadId": "unwatched"}) as after:
+        evts = events(after.read_all())
+    assert after.status == 200
+    assert_whole(evts)
 
 
 def test_a_message_whose_job_cannot_be_queued_leaves_its_thread_free(spawn: Spawner) -> None:
