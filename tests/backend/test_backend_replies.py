@@ -249,6 +249,23 @@ def test_a_message_whose_job_cannot_be_queued_leaves_its_thread_free(spawn: Spaw
             assert_whole(events(conn.read_all()))
 
 
+def test_a_reply_longer_than_the_ttl_keeps_its_thread(spawn: Spawner) -> None:
+    """The thread's claim lives as long as its reply is generated, not BACKEND_REPLY_TTL_S from
+    its start: a message sent after the TTL into a thread still answering is 409."""
+    ttl_s = 10  # the setting's lower bound; the reply runs ~15 s (120 words, 120 ms each)
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="120", BACKEND_REPLY_TTL_S=str(ttl_s),
+                    BACKEND_WORKER_LEASE_MS="1000", BACKEND_CHAT_RATE_PER_S="0").start().wait_ready()  # fmt: skip
+    with post_json(backend.port, "/api/chat/message", {"message": LONG, "threadId": "long"}) as first:
+        head = read_until_token(first, 1)
+        time.sleep(max(0.0, first.started + ttl_s + 1 - time.monotonic()))
+        with post_json(backend.port, "/api/chat/message", {"message": "too soon", "threadId": "long"}) as second:
+            second.read_head()
+            assert second.status == 409, "the thread's claim expired while its reply was still generated"
+            assert second.headers["content-location"] == first.headers["content-location"]
+        evts = events(head) + events(first.read_all())
+    assert_whole(evts)
+
+
 def test_a_reply_no_worker_takes_ends_with_error_then_done(spawn: Spawner) -> None:
     backend = spawn(BACKEND_PROVIDER_TIMEOUT_S="1", BACKEND_WORKER_LEASE_MS="1000").start().wait_ready()
     assert backend.worker is not None

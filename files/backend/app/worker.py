@@ -315,7 +315,7 @@ class Worker:
         if not await self.queue.take_lease(job.reply, self.name):
             log.warning("reply %s is held by another worker; skipped", job.reply)
             return
-        renewing = asyncio.create_task(self._renew(job.reply))
+        renewing = asyncio.create_task(self._renew(job))
         result = StreamResult()
         writer = ReplyWriter(self.appender, job.reply, self.settings.redis_outage_s)
         stored = job.kind != "chat"
@@ -365,14 +365,16 @@ class Worker:
             if aclose is not None:
                 await aclose()
 
-    async def _renew(self, reply: str) -> None:
-        """Keep the lease while the reply is generated (every third of its time)."""
+    async def _renew(self, job: Job) -> None:
+        """Keep the lease, and a chat reply's claim on its thread, while the reply is generated
+        (every third of the lease)."""
+        thread_id = job.thread_id if job.kind == "chat" else None  # probes claim no thread
         while True:
             await asyncio.sleep(self.settings.worker_lease_ms / 3000)
             try:
-                await self.queue.renew_lease(reply)
+                await self.queue.renew_lease(job.reply, thread_id)
             except (RedisError, OSError) as exc:
-                log.warning("reply %s: cannot renew the lease: %s", reply, exc)
+                log.warning("reply %s: cannot renew the lease: %s", job.reply, exc)
 
 
 def _release(backlog: asyncio.Semaphore | None) -> None:
