@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 500  # how long a SIGTERM may wait for the job read to return
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-ENDING_GRACE_S = 5.0  # after the error + done, for the last append and the stored message
+# After the error + done, for the last append and the stored message. The backend role counts it
+# in Docker's stop timeout (roles/backend/vars/main.yml backend_worker_ending_s): keep the two equal.
+ENDING_GRACE_S = 5.0
 TAKEN = "another process ended this reply (its worker was thought gone)"
 LOST = "the reply queue (Redis) stayed unavailable; the reply was given up"
 GONE = "the reply is gone from the reply queue (Redis restarted without it)"
