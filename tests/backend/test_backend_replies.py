@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -191,6 +192,78 @@ def test_a_worker_killed_mid_reply_ends_it_with_error_then_done(spawn: Spawner) 
     assert db.xlen("pi5:jobs") == 0
     with post_json(backend.port, "/api/chat/message", {"message": "next", "threadId": "killed"}) as after:
         assert events(after.read_all())[-1].data["type"] == "done"
+
+
+def test_a_worker_killed_with_no_one_watching_is_ended_by_the_next_worker(spawn: Spawner) -> None:
+    """No client reads the reply (the phone went away) when its worker is killed: the next
+    worker's sweep ends it with the same error + done a delivery would write, so its thread
+    takes the next message at once instead of answering 409 until BACKEND_REPLY_TTL_S."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="50", BACKEND_WORKER_LEASE_MS="1000").start().wait_ready()
+    with post_json(backend.port, "/api/chat/message", {"message": LONG, "threadId": "unwatched"}) as conn:
+        read_until_token(conn, 3)
+        reply = conn.headers["content-location"].rpartition("/")[2]
+    db = store(backend)
+    assert backend.worker is not None
+    backend.worker.send_signal(signal.SIGKILL)
+    backend.worker.wait(10)
+    assert db.xpending("pi5:jobs", "workers")["pending"] == 1, "the dead worker's job is pending"
+    backend.start_worker()
+    deadline = time.monotonic() + 8
+    while db.xpending("pi5:jobs", "workers")["pending"]:
+        assert time.monotonic() < deadline, "the dead worker's job stayed pending"
+        time.sleep(0.1)
+    entries: Any = db.xrange(reply_key(reply))
+    stored = [json.loads(fields["e"]) for _, fields in entries]
+    assert [e["type"] for e in stored][-2:] == ["error", "done"], "the swept reply was left unended"
+    assert stored[-2]["content"] == WORKER_GONE
+    assert stored[-1]["content"]["tokens"] == len([e for e in stored if e["type"] == "token"]) >= 3
+    with post_json(backend.port, "/api/chat/message", {"message": "next", "threadId": "unwatched"}) as after:
+        evts = events(after.read_all())
+    assert after.status == 200
+    assert_whole(evts)
+
+
+def test_a_message_whose_job_cannot_be_queued_leaves_its_thread_free(spawn: Spawner) -> None:
+    """Redis refuses the job after the thread was claimed for it (here its queue key holds a
+    string: a real Redis error between the claim and the XADD): 503, and the thread (and the
+    requestId) take the next message at once, not after BACKEND_REPLY_TTL_S."""
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="0", BACKEND_CHAT_RATE_PER_S="0").start().wait_ready()
+    db = store(backend)
+    request_path = "/api/chat/message/stream?message=again&threadId=unqueued-rid&requestId=unqueued-request-1"
+    db.delete("pi5:jobs")
+    db.set("pi5:jobs", "not a stream")
+    try:
+        with post_json(backend.port, "/api/chat/message", {"message": "first", "threadId": "unqueued"}) as conn:
+            body = conn.read_body()
+        assert (conn.status, body) == (503, b'{"detail":"%s"}' % UNAVAILABLE.encode())
+        with SSEConnection(backend.port, "GET", request_path) as conn:
+            conn.read_body()
+        assert conn.status == 503
+    finally:
+        db.delete("pi5:jobs")  # the worker makes its group again (NOGROUP)
+    for conn in (post_json(backend.port, "/api/chat/message", {"message": "again", "threadId": "unqueued"}),
+                 SSEConnection(backend.port, "GET", request_path)):  # fmt: skip
+        with conn:
+            conn.read_head()
+            assert conn.status == 200, "the refused message left its thread claimed"
+            assert_whole(events(conn.read_all()))
+
+
+def test_a_reply_longer_than_the_ttl_keeps_its_thread(spawn: Spawner) -> None:
+    """The thread's claim lives as long as its reply is generated, not BACKEND_REPLY_TTL_S from
+    its start: a message sent after the TTL into a thread still answering is 409."""
+    ttl_s = 10  # the setting's lower bound; the reply runs ~15 s (120 words, 120 ms each)
+    backend = spawn(BACKEND_TOKEN_INTERVAL_MS="120", BACKEND_REPLY_TTL_S=str(ttl_s),
+                    BACKEND_WORKER_LEASE_MS="1000", BACKEND_CHAT_RATE_PER_S="0").start().wait_ready()  # fmt: skip
+    with post_json(backend.port, "/api/chat/message", {"message": LONG, "threadId": "long"}) as first:
+        head = read_until_token(first, 1)
+        time.sleep(max(0.0, first.started + ttl_s + 1 - time.monotonic()))
+        with post_json(backend.port, "/api/chat/message", {"message": "too soon", "threadId": "long"}) as second:
+            second.read_head()
+            assert second.status == 409, "the thread's claim expired while its reply was still generated"
+            assert second.headers["content-location"] == first.headers["content-location"]
+        evts = events(head) + events(first.read_all())
+    assert_whole(evts)
 
 
 def test_a_reply_no_worker_takes_ends_with_error_then_done(spawn: Spawner) -> None:

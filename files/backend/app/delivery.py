@@ -225,8 +225,8 @@ async def _check_on(
     queue: ReplyQueue, reply: str, meta: Meta, cursor: int, options: DeliveryOptions
 ) -> Literal["gone", "past the end"] | None:
     """A quiet reply, looked at: gone from Redis (a restart without its data), or already sent
-    to its done (a client that resumed after it); else, when its worker is gone or none took
-    it in time, end it with error + done (which the hub then delivers)."""
+    to its done (a client that resumed after it); else end it if it was abandoned (which the
+    hub then delivers)."""
     try:
         if await queue.meta(reply) is None:
             return "gone"
@@ -234,19 +234,33 @@ async def _check_on(
         finished = data is not None and data.startswith(DONE_PREFIX)
         if finished and cursor >= last:
             return "past the end"
-        if finished or await queue.lease_held(reply):
-            return None
-        waited_s = (now_ms() - meta.created_ms) / 1000
-        if last == 0 and waited_s < options.unclaimed_s:
-            return None
-        message = NOT_TAKEN if last == 0 else WORKER_GONE
-        result = StreamResult(parts=_tokens(await queue.events(reply)))
-        closing = [event_json("error", meta.thread_id, message), event_json("done", meta.thread_id, result.summary())]
-        if (await queue.append(reply, last, closing, rescue=True)).ok:
-            log.warning("reply %s: %s; ended it", reply, message)
+        if not finished:
+            await end_abandoned(queue, reply, meta, last, unclaimed_s=options.unclaimed_s)
     except (RedisError, OSError, QueueUnavailableError) as exc:  # the hub notices the outage too
         log.warning("reply %s: cannot check on its worker: %s", reply, exc)
     return None
+
+
+async def end_abandoned(queue: ReplyQueue, reply: str, meta: Meta, last: int, *, unclaimed_s: float) -> bool:
+    """End an unfinished reply (``last`` its last entry) with error + done when its worker is
+    gone (no lease) or none took it within ``unclaimed_s``; True when this call ended it.
+
+    Whoever finds such a reply first ends it: a delivery process whose client waits on it, or
+    a worker's sweep when no client does. The rescue append refuses while a lease is held and
+    when the reply moved past ``last``, so a live worker keeps its reply and it ends once.
+    """
+    if await queue.lease_held(reply):
+        return False
+    waited_s = (now_ms() - meta.created_ms) / 1000
+    if last == 0 and waited_s < unclaimed_s:
+        return False
+    message = NOT_TAKEN if last == 0 else WORKER_GONE
+    result = StreamResult(parts=_tokens(await queue.events(reply)))
+    closing = [event_json("error", meta.thread_id, message), event_json("done", meta.thread_id, result.summary())]
+    if not (await queue.append(reply, last, closing, rescue=True)).ok:
+        return False
+    log.warning("reply %s: %s; ended it", reply, message)
+    return True
 
 
 def _tokens(events: list[str]) -> list[str]:

@@ -96,6 +96,18 @@ redis.call('EXPIRE', meta, ARGV[2])
 return false
 """
 
+# The lease's renewal, and the thread's claim with it while it still names this reply: a reply
+# may be generated for longer than BACKEND_REPLY_TTL_S (20,000 events at 40 ms are 800 s), and a
+# claim that expired meanwhile would let a second message start in the thread. KEYS: lease,
+# thread's key. ARGV: lease ms, reply, TTL s.
+_RENEW = """
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+if redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return 1
+"""
+
 
 def jobs_key(kind: Kind) -> str:
     """The job stream of a kind of reply."""
@@ -206,6 +218,7 @@ class ReplyQueue:
         self.lease_ms = settings.worker_lease_ms
         self._append = self.redis.register_script(_APPEND)
         self._claim_thread = self.redis.register_script(_CLAIM_THREAD)
+        self._renew = self.redis.register_script(_RENEW)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -348,8 +361,12 @@ class ReplyQueue:
         """Hold the reply's lease unless another worker does."""
         return bool(await self.redis.set(lease_key(reply), worker, px=self.lease_ms, nx=True))
 
-    async def renew_lease(self, reply: str) -> None:
-        await self.redis.pexpire(lease_key(reply), self.lease_ms)
+    async def renew_lease(self, reply: str, thread_id: str | None) -> None:
+        """Renew the lease, and the thread's claim (a chat reply's ``thread_id``) if it names ``reply``."""
+        if thread_id is None:
+            await self.redis.pexpire(lease_key(reply), self.lease_ms)
+            return
+        await self._renew(keys=[lease_key(reply), thread_key(thread_id)], args=[self.lease_ms, reply, self.ttl_s])
 
     async def drop_lease(self, reply: str) -> None:
         await self.redis.delete(lease_key(reply))

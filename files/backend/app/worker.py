@@ -25,9 +25,10 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
+from .delivery import end_abandoned
 from .probe import ProbeParams, probe_tokens
 from .providers import Provider, ProviderError, build_provider
-from .replies import GROUP, JOBS, PROBE_JOBS, AppendCall, Appended, Job, QueueUnavailableError, ReplyQueue
+from .replies import DONE_PREFIX, GROUP, JOBS, PROBE_JOBS, AppendCall, Appended, Job, QueueUnavailableError, ReplyQueue
 from .server import configure_logging, load_settings
 from .settings import Settings
 from .sse import event_json, now_ms
@@ -38,7 +39,9 @@ log = logging.getLogger(__name__)
 
 READ_BLOCK_MS = 500  # how long a SIGTERM may wait for the job read to return
 BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-ENDING_GRACE_S = 5.0  # after the error + done, for the last append and the stored message
+# After the error + done, for the last append and the stored message. The backend role counts it
+# in Docker's stop timeout (roles/backend/vars/main.yml backend_worker_ending_s): keep the two equal.
+ENDING_GRACE_S = 5.0
 TAKEN = "another process ended this reply (its worker was thought gone)"
 LOST = "the reply queue (Redis) stayed unavailable; the reply was given up"
 GONE = "the reply is gone from the reply queue (Redis restarted without it)"
@@ -182,7 +185,7 @@ class Worker:
                     next_sweep = loop.time() + 2 * self.settings.worker_lease_ms / 1000
                     await self._sweep(key)
                 found = await self._read(key)
-            except (RedisError, OSError) as exc:
+            except (RedisError, OSError, QueueUnavailableError) as exc:
                 _release(backlog)
                 if not failures:  # once per outage, not once per retry
                     log.warning("cannot read jobs, retrying: %s", exc)
@@ -232,20 +235,35 @@ class Worker:
     async def _sweep(self, key: str) -> None:
         """Let go of jobs that a worker which died (SIGKILL, a crash) took and never finished.
 
-        Their replies were ended by the lease rule (a delivery process writes error + done);
-        what remains is the job, pending in the group forever. A job whose reply still has a
-        lease, or that this worker holds, is left alone. Looked for at start and every two leases.
+        Their replies end by the lease rule: a delivery process whose client waits on one
+        writes error + done; with no client watching, this sweep does (end_abandoned, the
+        same code), or the thread would answer 409 until the reply's TTL. A job whose reply
+        still has a lease, or that this worker holds, is left alone. Looked for at start and
+        every two leases.
         """
         idle_ms = 2 * self.settings.worker_lease_ms
         with contextlib.suppress(ResponseError):  # NOGROUP: nothing pending anywhere
             stale: Any = await self.queue.redis.xpending_range(key, GROUP, min="-", max="+", count=100, idle=idle_ms)
             for entry in stale:
                 entry_id, consumer = str(entry["message_id"]), str(entry["consumer"])
+                if consumer == self.name:
+                    continue
                 jobs: Any = await self.queue.redis.xrange(key, entry_id, entry_id)
                 reply = str(jobs[0][1].get("reply", "")) if jobs else ""
-                if consumer != self.name and not (reply and await self.queue.lease_held(reply)):
-                    log.info("job %s of %s was left unfinished; let go", entry_id, consumer)
-                    await self._done_with(key, entry_id)
+                if reply and not await self._over(reply):
+                    continue  # still generated (a lease), or not yet given up on: the next sweep looks again
+                log.info("job %s of %s was left unfinished; let go", entry_id, consumer)
+                await self._done_with(key, entry_id)
+
+    async def _over(self, reply: str) -> bool:
+        """Whether a swept job's reply is over: expired, finished, or ended by this call."""
+        meta = await self.queue.meta(reply)
+        if meta is None:
+            return True
+        last, data = await self.queue.last_entry(reply)
+        if data is not None and data.startswith(DONE_PREFIX):
+            return True
+        return await end_abandoned(self.queue, reply, meta, last, unclaimed_s=self.settings.provider_timeout_s)
 
     async def _create_group(self, key: str) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker made it first
@@ -299,7 +317,7 @@ class Worker:
         if not await self.queue.take_lease(job.reply, self.name):
             log.warning("reply %s is held by another worker; skipped", job.reply)
             return
-        renewing = asyncio.create_task(self._renew(job.reply))
+        renewing = asyncio.create_task(self._renew(job))
         result = StreamResult()
         writer = ReplyWriter(self.appender, job.reply, self.settings.redis_outage_s)
         stored = job.kind != "chat"
@@ -349,14 +367,16 @@ class Worker:
             if aclose is not None:
                 await aclose()
 
-    async def _renew(self, reply: str) -> None:
-        """Keep the lease while the reply is generated (every third of its time)."""
+    async def _renew(self, job: Job) -> None:
+        """Keep the lease, and a chat reply's claim on its thread, while the reply is generated
+        (every third of the lease)."""
+        thread_id = job.thread_id if job.kind == "chat" else None  # probes claim no thread
         while True:
             await asyncio.sleep(self.settings.worker_lease_ms / 3000)
             try:
-                await self.queue.renew_lease(reply)
+                await self.queue.renew_lease(job.reply, thread_id)
             except (RedisError, OSError) as exc:
-                log.warning("reply %s: cannot renew the lease: %s", reply, exc)
+                log.warning("reply %s: cannot renew the lease: %s", job.reply, exc)
 
 
 def _release(backlog: asyncio.Semaphore | None) -> None:

@@ -256,4 +256,8 @@ async def start_reply(
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"cannot store the message: {exc.strerror}"
         ) from exc
-    return await replies.start(state, Job("chat", reply, thread_id, {}))
+    try:
+        return await replies.start(state, Job("chat", reply, thread_id, {}))
+    except HTTPException:  # not queued (503): no reply will end, so nothing else frees the thread
+        await state.queue.release_thread(reply)
+        raise
