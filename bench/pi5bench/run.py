@@ -119,8 +119,9 @@ class Bench:
         )
         figures["plan"] = plan.__dict__
         lateness = figures["lateness_ms"]
+        label = "baseline " if pi not in (None, self.pi) else ""
         log(
-            f"{'baseline ' if pi else ''}{path:6} {streams:5} streams: lateness p50 {lateness['p50']} p99 {lateness['p99']}"
+            f"{label}{path:6} {streams:5} streams: lateness p50 {lateness['p50']} p99 {lateness['p99']}"
             f" max {lateness['max']} ms, pace {figures['delivered_share']},"
             f" gap p99 {figures['emission_gap_ms']['p99']} ms, outcomes {figures['outcomes']},"
             f" cpu {figures.get('cpu_cores')}"
@@ -332,7 +333,8 @@ class Bench:
             passes,
             low,
             max(high, low),
-            max_steps=self.args.capacity_steps,
+            # --capacity-steps counts load phases: the known low end is a trial of the search but costs none.
+            max_steps=self.args.capacity_steps + (low in known),
             resolution=self.args.capacity_resolution,
             high_fails=bool(failing),
         )
@@ -355,18 +357,21 @@ class Bench:
         if directory is None:
             log("baseline: no --baseline or --baseline-ref; skipped")
             return
+        if self.out_of_time("baseline"):
+            return
         sim = self.args.baseline_sim
         http_port, https_port = self.args.baseline_ports
         env = {"PI5_SIM": sim, "PI5_DEMO_HTTP_PORT": str(http_port), "PI5_DEMO_HTTPS_PORT": str(https_port)}
         container = f"{sim}-sim"
         state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container],
                                capture_output=True, text=True, check=False)
+        if not state.returncode and state.stdout.strip() != "true":
+            # Stopped by the last run: start it (a start that fails, e.g. its port taken, means a new Pi).
+            state = subprocess.run(["docker", "start", container], capture_output=True, text=True, check=False)
         if state.returncode:
             # Molecule keeps one state per scenario and checkout name: a Pi of another name may be recorded.
             subprocess.run(["molecule", "destroy", "-s", "demo"], cwd=directory, env={**tool_env(directory), **env},
                            capture_output=True, check=False)
-        elif state.stdout.strip() != "true":
-            subprocess.run(["docker", "start", container], check=True, capture_output=True)
         found: dict[str, Any] = {"checkout": directory, "commit": git(["rev-parse", "HEAD"], directory), "pi": container}
         self.results["baseline"] = found
         found["converge"] = self.converge("baseline", directory, env)
@@ -760,7 +765,7 @@ def memory_per_stream(latency: dict[str, dict[str, Any]]) -> dict[str, float]:
                 continue
             mid, idle = samples[1].get(key), (figures.get("idle") or {}).get(key)
             if isinstance(mid, (int, float)) and isinstance(idle, (int, float)) and (mid or idle):
-                out[f"{name}_at_{streams}"] = round((mid - idle) / streams, 1)
+                out[f"{name}_at_{streams}"] = round((mid - idle) / streams, 1) + 0.0  # + 0.0: no "-0.0"
         if out:
             break
     return out

@@ -110,3 +110,8 @@ def test_baseline_options() -> None:
     args = parse_args(["--only", "baseline", "--baseline-ref", "abc123", "--baseline-ports", "1,2"])
     assert (args.only, args.baseline_ref, args.baseline_ports) == (["baseline"], "abc123", [1, 2])
     assert parse_args([]).baseline_ref == "dc525e0"
+
+
+def test_memory_per_stream_reads_no_negative_zero() -> None:
+    phase = _phase(1.0, 2.0, 100, backend_rss_kb=5000 - 4)  # a page given back: -0.04 rounds to 0.0, not -0.0
+    assert str(memory_per_stream({"100": {"direct": phase, "nginx": phase}})["backend_rss_at_100"]) == "0.0"
