@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pi5bench import report
-from pi5bench.run import added_ms, compare, first_round, median_round, memory_per_stream, parse_args
+from pi5bench.run import Bench, added_ms, compare, first_round, median_round, memory_per_stream, parse_args
 
 
 def _phase(p50: float, p99: float, streams: int = 100, **mid: int) -> dict[str, Any]:
@@ -115,3 +117,19 @@ def test_baseline_options() -> None:
 def test_memory_per_stream_reads_no_negative_zero() -> None:
     phase = _phase(1.0, 2.0, 100, backend_rss_kb=5000 - 4)  # a page given back: -0.04 rounds to 0.0, not -0.0
     assert str(memory_per_stream({"100": {"direct": phase, "nginx": phase}})["backend_rss_at_100"]) == "0.0"
+
+
+def test_capacity_steps_count_load_phases_not_the_known_low_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = Bench(parse_args(["--capacity-steps", "2", "--capacity-resolution", "50"]))
+    phases: list[int] = []
+
+    def load_phase(path: str, streams: int, pi: object = None) -> dict[str, Any]:
+        phases.append(streams)
+        return _phase(1.0, 50.0 if streams <= 400 else 500.0, streams)
+
+    monkeypatch.setattr(bench, "load_phase", load_phase)
+    monkeypatch.setattr(bench, "passes", lambda figures: figures["lateness_ms"]["p99"] < 100)
+    latency = {"100": _level(1.0, 50.0), "1000": _level(1.0, 500.0)}
+    found = bench.search_capacity("nginx", latency, bench.pi)
+    assert phases == [550, 325]  # two load phases, as asked; 100 and 1000 were known
+    assert found["streams"] == 325 and found["bounds"] == [100, 1000]
