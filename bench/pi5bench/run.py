@@ -54,6 +54,8 @@ MIN_PACE = 0.9
 CAPACITY_TARGET = 1.8
 # The previous design: main before issue 14 (one process generates and delivers each reply).
 BASELINE_REF = "dc525e0"
+# Streams per path that warm a freshly started backend and nginx before the first level.
+WARM_UP_STREAMS = 20
 
 
 def log(message: str) -> None:
@@ -98,6 +100,7 @@ class Bench:
             "interval_ms": self.args.interval_ms,
             "workers": self.args.workers,
             "backend_container": self.args.backend_container,
+            "worker_container": self.args.worker_container,
         }
         if url.startswith("https"):
             spec.update(cafile=self.args.cafile, server_name=self.args.server_name)
@@ -290,6 +293,7 @@ class Bench:
         """Each level's rounds (direct, then nginx, back to back); saved after each level under ``section``."""
         latency: dict[str, dict[str, Any]] = {}
         where = self.results if section == "latency" else self.results.setdefault(section, {})
+        where["fresh_start_s"] = self.fresh_start(pi)
         for streams in self.args.levels:
             if self.out_of_time(f"{section} latency at {streams}"):
                 break
@@ -299,6 +303,26 @@ class Bench:
             where["latency"] = latency
             self.save()
         return latency
+
+    def fresh_start(self, pi: Pi) -> float | None:
+        """Restart the backend's containers before the first level; seconds until a probe stream works again.
+
+        Memory per stream is the first round's rise from idle, and a Python heap keeps its high-water mark:
+        a backend that carried streams before (an earlier run, a drill) would show none, and nginx's workers
+        likewise (a reload starts new ones). The worker restarts after the API, as the role replaces them; a
+        design without a worker has no such container (no-op).
+        """
+        for name in (self.args.backend_container, self.args.worker_container):
+            pi.run(["docker", "restart", name], timeout_s=120)
+        pi.run(["systemctl", "reload", "nginx"])
+        probe = f"{self.args.direct_url}/api/probe/stream?tokens=2&interval_ms=10"
+        waited = pi.wait_until(["curl", "-sfN", "-o", "/dev/null", "--max-time", "10", probe], timeout_s=120)
+        # A warm-up, not measured: a new process's first connections touch its libraries' and TLS's pages once
+        # (RSS it keeps whatever the load), which divided by N would pass for memory per stream.
+        for url in (self.args.direct_url, self.args.nginx_url):
+            self.phase(url, WARM_UP_STREAMS, pi, tokens=10, interval_ms=20, timeout_s=30)
+        log(f"fresh start of {pi.container or pi.ssh}'s backend and nginx: a probe stream worked after {waited} s")
+        return waited
 
     def capacity(self) -> None:
         capacity: dict[str, Any] = {}
@@ -771,6 +795,22 @@ def memory_per_stream(latency: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def baseline_options(group: argparse._ArgumentGroup, ints: Callable[[str], list[int]]) -> None:
+    """The options of the baseline section (parse_args stays within ruff's statement limit)."""
+    group.add_argument(
+        "--baseline-ref", default=BASELINE_REF,
+        help=f"baseline: the previous design's commit, checked out into .cache/ ({BASELINE_REF}); '' = none",
+    )
+    group.add_argument("--baseline", help="baseline: an existing checkout of the previous design instead")
+    group.add_argument(
+        "--baseline-sim", default=f"{os.environ.get('PI5_SIM', 'pi5')}-base",
+        help="baseline: its Pi's PI5_SIM (container <name>-sim) ($PI5_SIM-base)",
+    )
+    group.add_argument(
+        "--baseline-ports", type=ints, default=[48082, 48445], help="baseline: its Pi's HTTP,HTTPS ports (48082,48445)"
+    )
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     def ints(text: str) -> list[int]:
         return [int(x) for x in text.split(",") if x]
@@ -798,6 +838,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     target.add_argument("--cafile", default="/etc/nginx/pi5-tls/cert.pem", help="CA for nginx's certificate, on the Pi")
     target.add_argument("--server-name", default="localhost", help="TLS name to ask nginx for")
     target.add_argument("--backend-container", default="backend", help="the backend's container on the Pi")
+    target.add_argument(
+        "--worker-container", default="chat-worker", help="the container that generates replies (none before issue 14)"
+    )
     target.add_argument("--project-dir", default=str(REPO), help="where `molecule converge -s demo` runs")
     run = p.add_argument_group("what and how long")
     run.add_argument("--only", type=names(SECTIONS), default=None, help=f"comma list of {','.join(SECTIONS)}")
@@ -833,21 +876,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--idle-silence-ms", type=int, default=15000, help="3 x the bench's 5 s read timeout (15000)")
     run.add_argument("--reboot-timeout-s", type=float, default=240)
     run.add_argument("--budget-s", type=float, default=1800, help="stop starting new phases after this long (1800)")
-    run.add_argument(
-        "--baseline-ref", default=BASELINE_REF,
-        help=f"baseline: the previous design's commit, checked out into .cache/ ({BASELINE_REF}); '' = none",
-    )
-    run.add_argument("--baseline", help="baseline: an existing checkout of the previous design instead")
-    run.add_argument(
-        "--baseline-sim", default=f"{os.environ.get('PI5_SIM', 'pi5')}-base",
-        help="baseline: its Pi's PI5_SIM (container <name>-sim) ($PI5_SIM-base)",
-    )
-    run.add_argument(
-        "--baseline-ports", type=ints, default=[48082, 48445], help="baseline: its Pi's HTTP,HTTPS ports (48082,48445)"
-    )
     run.add_argument("--rerun-against", help="rerun: another checkout (e.g. a worktree of an older commit) to time against")
     run.add_argument("--rerun-runs", type=int, default=3, help="rerun: timed warm runs of each checkout (3)")
     run.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
+    baseline_options(p.add_argument_group("baseline: the previous design, in the same run"), ints)
     return p.parse_args(argv)
 
 
