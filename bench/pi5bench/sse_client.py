@@ -127,6 +127,7 @@ class _Reply:
 
     contents: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # the ids, for a constant-time check per event
     done_id: str | None = None
     location: str | None = None
     retry_ms: int | None = None
@@ -230,10 +231,10 @@ def _take(event: core.SseEvent, now_ms: float, result: StreamResult, timing: _Ti
     An event whose id came before is counted in the ids, not again in the text.
     """
     if event.own_id and event.id is not None:
-        seen = event.id in reply.ids
         reply.ids.append(event.id)
-        if seen:
+        if event.id in reply.seen:
             return
+        reply.seen.add(event.id)
     data = event.data
     payload = json.loads(data) if data.startswith("{") else {}
     kind = payload.get("type")
