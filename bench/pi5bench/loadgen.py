@@ -52,6 +52,9 @@ class Phase:
     recover_timeout_s: float = 90.0
     sample_at_s: list[float] = field(default_factory=list)  # CPU/memory snapshots, s after start
     backend_container: str = "backend"
+    worker_container: str = "chat-worker"  # the pipeline's generator (none in the one-process design)
+    resume_attempts: int = 0  # > 0: a stream cut before done resumes at its Content-Location (sse_client)
+    resume_delay_ms: int = 3000  # when the server sent no retry:
     watch: dict[str, str] = field(default_factory=dict)  # more process groups: name -> cmdline prefix
 
     @classmethod
@@ -153,14 +156,63 @@ def backend_cgroup_kb(pids: list[int]) -> int | None:
     return None
 
 
+def redis_auth(env: list[str]) -> tuple[str, str] | None:
+    """(port, password) of the backend's Redis from its container's environment (pure); None without Redis."""
+    values = dict(item.partition("=")[::2] for item in env)
+    if "BACKEND_REDIS_PORT" not in values:
+        return None
+    return values["BACKEND_REDIS_PORT"], values.get("BACKEND_REDIS_PASSWORD", "")
+
+
+def used_memory_kb(info: str) -> int | None:
+    """``used_memory`` (bytes) of ``INFO memory`` in KiB (pure): what Redis's allocator holds for its data."""
+    for line in info.splitlines():
+        name, _, value = line.strip().partition(":")
+        if name == "used_memory" and value.isdigit():
+            return int(value) // 1024
+    return None
+
+
+def backend_redis(container: str) -> tuple[str, str] | None:
+    try:
+        out = subprocess.run(
+            ["docker", "inspect", "-f", "{{json .Config.Env}}", container],
+            capture_output=True, text=True, timeout=10, check=False,
+        ).stdout
+        env = json.loads(out) if out.strip() else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return redis_auth(env) if isinstance(env, list) else None
+
+
+def redis_used_kb(auth: tuple[str, str] | None) -> int | None:
+    """Redis's used_memory, asked with redis-cli (the password in the environment, not on the command line)."""
+    if auth is None:
+        return None
+    port, password = auth
+    try:
+        proc = subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", port, "INFO", "memory"],
+            capture_output=True, text=True, timeout=5, check=False,
+            env={**os.environ, "REDISCLI_AUTH": password},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return used_memory_kb(proc.stdout)
+
+
 @dataclass
 class Probe:
     """Process groups to watch; looked up once per phase (and again after an action)."""
 
     backend_container: str
     client: list[int]
+    worker_container: str = "chat-worker"
     nginx: list[int] = field(default_factory=list)
     backend: list[int] = field(default_factory=list)
+    worker: list[int] = field(default_factory=list)
+    redis: list[int] = field(default_factory=list)
+    redis_auth: tuple[str, str] | None = None
     docker_proxy: list[int] = field(default_factory=list)
     watch: dict[str, str] = field(default_factory=dict)
     watched: dict[str, list[int]] = field(default_factory=dict)
@@ -170,6 +222,9 @@ class Probe:
         # Docker's userland proxy, if the backend's port is published (none since the backend is on the host's network).
         self.docker_proxy = _pids_named("/usr/sbin/docker-proxy") + _pids_named("/usr/bin/docker-proxy")
         self.backend = backend_pids(self.backend_container)
+        self.worker = backend_pids(self.worker_container)
+        self.redis = _pids_named("/usr/bin/redis-server")
+        self.redis_auth = backend_redis(self.backend_container) if self.redis else None
         self.watched = {name: _pids_named(prefix) for name, prefix in self.watch.items()}
 
     def snapshot(self, started: float) -> dict[str, Any]:
@@ -180,9 +235,14 @@ class Probe:
             "nginx_rss_kb": _rss_kb(self.nginx),
             "backend_rss_kb": _rss_kb(self.backend),
             "backend_cgroup_kb": backend_cgroup_kb(self.backend),
+            "worker_rss_kb": _rss_kb(self.worker),
+            "redis_rss_kb": _rss_kb(self.redis),
+            "redis_used_kb": redis_used_kb(self.redis_auth),
             "cpu_s": {
                 "nginx": _cpu_s(self.nginx),
                 "backend": _cpu_s(self.backend),
+                "worker": _cpu_s(self.worker),
+                "redis": _cpu_s(self.redis),
                 "client": _cpu_s(self.client),
                 "docker_proxy": _cpu_s(self.docker_proxy),
                 **{name: _cpu_s(pids) for name, pids in self.watched.items()},
@@ -227,6 +287,8 @@ async def _worker(phase: Phase, offsets: list[float], start: float) -> list[dict
             deadline=deadline,
             hold_without_reading_s=phase.hold_without_reading_s,
             rcvbuf=phase.rcvbuf,
+            resume_attempts=phase.resume_attempts,
+            resume_delay_ms=phase.resume_delay_ms,
         )
 
     results = await asyncio.gather(*(one(offset) for offset in offsets))
@@ -307,6 +369,11 @@ def aggregate(phase: Phase, results: list[dict[str, Any]]) -> dict[str, Any]:
         "events_lost": expected - received,
         "streams_dropped": sum(1 for r in results if r["outcome"] not in ("done", "error_done", "held")),
         "streams_error_done": outcomes.get("error_done", 0),
+        "streams_resumed": sum(1 for r in results if r["resumes"]),
+        "resumes": sum(r["resumes"] for r in results),
+        "resume_statuses": dict(Counter(s for r in results for s in r["resume_statuses"])),
+        "ids_twice": sum(r["ids_twice"] for r in results),
+        "ids_missing": sum(r["ids_missing"] for r in results),
         "heartbeats_min": min((r["heartbeats"] for r in results), default=0),
         "lateness_ms": summarize(lateness),
         "relative_lateness_ms": summarize(relative),
@@ -328,7 +395,12 @@ def run_phase(phase: Phase) -> dict[str, Any]:
         process.start()
         sender.close()
         workers.append((process, receiver))
-    probe = Probe(phase.backend_container, [p.pid for p, _ in workers if p.pid is not None], watch=phase.watch)
+    probe = Probe(
+        phase.backend_container,
+        [p.pid for p, _ in workers if p.pid is not None],
+        worker_container=phase.worker_container,
+        watch=phase.watch,
+    )
     probe.refresh()
     idle = probe.snapshot(start)
     conducted = asyncio.run(_conduct(phase, probe, start))

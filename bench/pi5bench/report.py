@@ -52,6 +52,7 @@ def summary(results: Mapping[str, Any]) -> dict[str, Any]:
         "capacity_direct": capacity.get("direct", {}).get("streams"),
         "capacity_nginx": capacity.get("nginx", {}).get("streams"),
         "memory_per_stream_kb": results.get("memory_per_stream_kb"),
+        "capacity_nginx_vs_baseline": results.get("comparison", {}).get("capacity_nginx"),
         "lateness_reported": "absolute: arrival minus the event's ts (client and server share one clock)",
     }
 
@@ -102,6 +103,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines.append(
             "- memory per open stream: " + ", ".join(f"{k} {_fmt(v, ' KiB')}" for k, v in sorted(memory.items()))
         )
+    lines += baseline_lines(results)
     provisioning = results.get("provisioning", {})
     if provisioning:
         lines += ["", "| provisioning | seconds |", "| --- | ---: |"]
@@ -124,6 +126,53 @@ def markdown(results: Mapping[str, Any]) -> str:
         for name, drill in drills.items():
             lines.append(f"| {name} | {drill.get('verdict', '-')} |")
     return "\n".join(lines) + "\n"
+
+
+def _pair(figures: Mapping[str, Any] | None) -> str:
+    return f"{_fmt(_p(figures, 'lateness_ms', 'p50'))} / {_fmt(_p(figures, 'lateness_ms', 'p99'))}"
+
+
+def baseline_lines(results: Mapping[str, Any]) -> list[str]:
+    """The previous design in the same run: its lateness, the Redis hop's added lateness, the capacity ratio."""
+    baseline = results.get("baseline") or {}
+    comparison = results.get("comparison") or {}
+    if not baseline.get("latency") or not comparison:
+        return []
+    added = comparison.get("added_lateness_ms", {})
+    commit = str(baseline.get("commit", "?"))[:12]
+    lines = [
+        "",
+        f"Previous design ({commit}: one process generates and delivers), measured after this one in the same run"
+        f"{'' if comparison.get('same_run', True) else ' (this design measured in an earlier run)'}:"
+        " p50 / p99 ms; Redis hop added = this design minus the previous one, same level and path.",
+        "",
+        "| streams | previous direct | previous nginx | Redis hop added direct | Redis hop added nginx"
+        " | pace direct / nginx (previous) |",
+        "| ---: | --- | --- | --- | --- | --- |",
+    ]
+    for level in sorted(baseline["latency"], key=int):
+        old = baseline["latency"][level]
+        more = added.get(level, {})
+        lines.append(
+            f"| {level} | {_pair(old.get('direct'))} | {_pair(old.get('nginx'))} "
+            f"| {_fmt(more.get('direct_added_p50_ms'))} / {_fmt(more.get('direct_added_p99_ms'))} "
+            f"| {_fmt(more.get('nginx_added_p50_ms'))} / {_fmt(more.get('nginx_added_p99_ms'))} "
+            f"| {_fmt((old.get('direct') or {}).get('delivered_share'))}"
+            f" / {_fmt((old.get('nginx') or {}).get('delivered_share'))} |"
+        )
+    capacity = comparison.get("capacity_nginx", {})
+    lines.append(
+        f"- capacity through nginx: this design **{_fmt(capacity.get('pipeline'))}**, previous"
+        f" **{_fmt(capacity.get('baseline'))}** streams: ratio **{_fmt(capacity.get('ratio'))}**"
+        f" (issue 14: >= {_fmt(capacity.get('target'))}): **{capacity.get('verdict', '-')}**"
+    )
+    memory = baseline.get("memory_per_stream_kb") or {}
+    if memory:
+        lines.append(
+            "- previous design, memory per open stream: "
+            + ", ".join(f"{k} {_fmt(v, ' KiB')}" for k, v in sorted(memory.items()))
+        )
+    return lines
 
 
 def plot(results: Mapping[str, Any], path: Path) -> bool:

@@ -27,7 +27,7 @@ from . import report
 from .remote import REMOTE_DIR, REPO, Pi
 from .stats import capacity_search, plan_phase, ratio
 
-SECTIONS = ("provisioning", "latency", "capacity", "drills", "rerun")
+SECTIONS = ("provisioning", "latency", "capacity", "baseline", "drills", "rerun")
 DRILLS = ("reload", "backend_restart", "slow_reader", "idle_heartbeats", "reboot")
 # The bench's settings for the simulated Pi (one converge, every phase and drill):
 # no probe rate limit, a 10 s send timeout, 1 s heartbeats under a 5 s read
@@ -50,6 +50,12 @@ LATENESS_LIMIT_MS = 100.0
 # A saturated backend emits late but stamps ts at the write, so lateness alone
 # would not see it: it must also deliver 90 % of the probe's 20 events/s.
 MIN_PACE = 0.9
+# Issue 14: capacity through nginx at least 1.8 x the previous design's, measured in the same run.
+CAPACITY_TARGET = 1.8
+# The previous design: main before issue 14 (one process generates and delivers each reply).
+BASELINE_REF = "dc525e0"
+# Streams per path that warm a freshly started backend and nginx before the first level.
+WARM_UP_STREAMS = 20
 
 
 def log(message: str) -> None:
@@ -86,7 +92,7 @@ class Bench:
             return True
         return False
 
-    def phase(self, url: str, streams: int, **extra: Any) -> dict[str, Any]:
+    def phase(self, url: str, streams: int, pi: Pi | None = None, **extra: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "url": url,
             "streams": streams,
@@ -94,19 +100,21 @@ class Bench:
             "interval_ms": self.args.interval_ms,
             "workers": self.args.workers,
             "backend_container": self.args.backend_container,
+            "worker_container": self.args.worker_container,
         }
         if url.startswith("https"):
             spec.update(cafile=self.args.cafile, server_name=self.args.server_name)
         spec.update(extra)
-        return self.pi.loadgen(spec, timeout_s=spec.get("timeout_s", 60) + 90)
+        return (pi or self.pi).loadgen(spec, timeout_s=spec.get("timeout_s", 60) + 90)
 
-    def load_phase(self, path: str, streams: int) -> dict[str, Any]:
+    def load_phase(self, path: str, streams: int, pi: Pi | None = None) -> dict[str, Any]:
         plan = plan_phase(streams, self.args.ramp_per_s, self.args.window_s, self.args.interval_ms)
         url = self.args.direct_url if path == "direct" else self.args.nginx_url
         window_mid = (plan.window_start_s + plan.window_end_s) / 2
         figures = self.phase(
             url,
             streams,
+            pi,
             tokens=plan.tokens,
             window=[plan.window_start_s, plan.window_end_s],
             timeout_s=plan.window_end_s + plan.ramp_s + 20,
@@ -114,8 +122,9 @@ class Bench:
         )
         figures["plan"] = plan.__dict__
         lateness = figures["lateness_ms"]
+        label = "baseline " if pi not in (None, self.pi) else ""
         log(
-            f"{path:6} {streams:5} streams: lateness p50 {lateness['p50']} p99 {lateness['p99']}"
+            f"{label}{path:6} {streams:5} streams: lateness p50 {lateness['p50']} p99 {lateness['p99']}"
             f" max {lateness['max']} ms, pace {figures['delivered_share']},"
             f" gap p99 {figures['emission_gap_ms']['p99']} ms, outcomes {figures['outcomes']},"
             f" cpu {figures.get('cpu_cores')}"
@@ -277,58 +286,157 @@ class Bench:
         }
 
     def latency(self) -> None:
+        self.results["latency"] = self.measure_levels(self.pi, "latency")
+        self.results["memory_per_stream_kb"] = memory_per_stream(self.results["latency"])
+
+    def measure_levels(self, pi: Pi, section: str) -> dict[str, dict[str, Any]]:
+        """Each level's rounds (direct, then nginx, back to back); saved after each level under ``section``."""
         latency: dict[str, dict[str, Any]] = {}
+        where = self.results if section == "latency" else self.results.setdefault(section, {})
+        where["fresh_start_s"] = self.fresh_start(pi)
         for streams in self.args.levels:
-            if self.out_of_time(f"latency at {streams}"):
+            if self.out_of_time(f"{section} latency at {streams}"):
                 break
             rounds = self.args.repeat if streams <= self.args.repeat_up_to else 1
-            runs = [{path: self.load_phase(path, streams) for path in ("direct", "nginx")} for _ in range(rounds)]
-            latency[str(streams)] = median_round(runs)
-            self.results["latency"] = latency
+            runs = [{path: self.load_phase(path, streams, pi) for path in ("direct", "nginx")} for _ in range(rounds)]
+            latency[str(streams)] = {**median_round(runs), "first_round": first_round(runs[0])}
+            where["latency"] = latency
             self.save()
-        self.results["latency"] = latency
-        self.results["memory_per_stream_kb"] = memory_per_stream(latency)
+        return latency
+
+    def fresh_start(self, pi: Pi) -> float | None:
+        """Restart the backend's containers before the first level; seconds until a probe stream works again.
+
+        Memory per stream is the first round's rise from idle, and a Python heap keeps its high-water mark:
+        a backend that carried streams before (an earlier run, a drill) would show none, and nginx's workers
+        likewise (a reload starts new ones). The worker restarts after the API, as the role replaces them; a
+        design without a worker has no such container (no-op).
+        """
+        for name in (self.args.backend_container, self.args.worker_container):
+            pi.run(["docker", "restart", name], timeout_s=120)
+        pi.run(["systemctl", "reload", "nginx"])
+        probe = f"{self.args.direct_url}/api/probe/stream?tokens=2&interval_ms=10"
+        waited = pi.wait_until(["curl", "-sfN", "-o", "/dev/null", "--max-time", "10", probe], timeout_s=120)
+        # A warm-up, not measured: a new process's first connections touch its libraries' and TLS's pages once
+        # (RSS it keeps whatever the load), which divided by N would pass for memory per stream.
+        for url in (self.args.direct_url, self.args.nginx_url):
+            self.phase(url, WARM_UP_STREAMS, pi, tokens=10, interval_ms=20, timeout_s=30)
+        log(f"fresh start of {pi.container or pi.ssh}'s backend and nginx: a probe stream worked after {waited} s")
+        return waited
 
     def capacity(self) -> None:
         capacity: dict[str, Any] = {}
         for path in ("direct", "nginx"):
-            known = {int(n): self.passes(p[path]) for n, p in self.results.get("latency", {}).items() if path in p}
-            measured: dict[int, dict[str, Any]] = {}
-
-            def passes(
-                streams: int,
-                path: str = path,
-                known: dict[int, bool] = known,
-                measured: dict[int, dict[str, Any]] = measured,
-            ) -> bool:
-                if streams in known:
-                    return known[streams]
-                if self.out_of_time(f"capacity {path} {streams}"):
-                    return False
-                figures = self.load_phase(path, streams)
-                measured[streams] = {
-                    k: figures[k]
-                    for k in ("lateness_ms", "delivered_share", "emission_gap_ms", "outcomes", "cpu_cores")
-                    if k in figures
-                }
-                return self.passes(figures)
-
-            passing = [n for n, ok in known.items() if ok]
-            failing = [n for n, ok in known.items() if not ok and n > max(passing, default=0)]
-            low = max(passing, default=self.args.capacity_low)
-            high = min(failing, default=self.args.capacity_high)
-            found, trials = capacity_search(
-                passes,
-                low,
-                max(high, low),
-                max_steps=self.args.capacity_steps,
-                resolution=self.args.capacity_resolution,
-                high_fails=bool(failing),
-            )
-            capacity[path] = {"streams": found, "trials": trials, "measured": measured, "bounds": [low, high]}
-            log(f"capacity {path}: {found} streams (trials {trials})")
+            capacity[path] = self.search_capacity(path, self.results.get("latency", {}), self.pi)
             self.results["capacity"] = capacity
             self.save()
+
+    def search_capacity(self, path: str, latency: dict[str, dict[str, Any]], pi: Pi) -> dict[str, Any]:
+        """The bisection over N for one path, seeded by the latency levels measured on the same Pi."""
+        known = {int(n): self.passes(p[path]) for n, p in latency.items() if path in p}
+        measured: dict[int, dict[str, Any]] = {}
+
+        def passes(streams: int) -> bool:
+            if streams in known:
+                return known[streams]
+            if self.out_of_time(f"capacity {path} {streams}"):
+                return False
+            figures = self.load_phase(path, streams, pi)
+            measured[streams] = {
+                k: figures[k]
+                for k in ("lateness_ms", "delivered_share", "emission_gap_ms", "outcomes", "cpu_cores")
+                if k in figures
+            }
+            return self.passes(figures)
+
+        passing = [n for n, ok in known.items() if ok]
+        failing = [n for n, ok in known.items() if not ok and n > max(passing, default=0)]
+        low = max(passing, default=self.args.capacity_low)
+        high = min(failing, default=self.args.capacity_high)
+        found, trials = capacity_search(
+            passes,
+            low,
+            max(high, low),
+            # --capacity-steps counts load phases: the known low end is a trial of the search but costs none.
+            max_steps=self.args.capacity_steps + (low in known),
+            resolution=self.args.capacity_resolution,
+            high_fails=bool(failing),
+        )
+        log(f"capacity {path}{' (baseline)' if pi is not self.pi else ''}: {found} streams (trials {trials})")
+        return {"streams": found, "trials": trials, "measured": measured, "bounds": [low, high]}
+
+    # -- the previous design, measured in the same run ---------------------
+
+    def baseline(self) -> None:
+        """The previous design's checkout on a Pi of its own: latency at the same levels, capacity through nginx.
+
+        Measured after this design's sections, with this Pi idle (the machine is shared: one Pi loaded at a
+        time), by the same load generator; the Pi is stopped afterwards. The comparison (capacity ratio, the
+        Redis hop's added lateness per level) is in ``comparison``.
+        """
+        if self.args.ssh:
+            log("baseline: not on a real Pi (it needs a second one); skipped")
+            return
+        directory = self.baseline_checkout()
+        if directory is None:
+            log("baseline: no --baseline or --baseline-ref; skipped")
+            return
+        if self.out_of_time("baseline"):
+            return
+        sim = self.args.baseline_sim
+        http_port, https_port = self.args.baseline_ports
+        env = {"PI5_SIM": sim, "PI5_DEMO_HTTP_PORT": str(http_port), "PI5_DEMO_HTTPS_PORT": str(https_port)}
+        container = f"{sim}-sim"
+        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}}", container],
+                               capture_output=True, text=True, check=False)
+        if not state.returncode and state.stdout.strip() != "true":
+            # Stopped by the last run: start it (a start that fails, e.g. its port taken, means a new Pi).
+            state = subprocess.run(["docker", "start", container], capture_output=True, text=True, check=False)
+        if state.returncode:
+            # Molecule keeps one state per scenario and checkout name: a Pi of another name may be recorded.
+            subprocess.run(["molecule", "destroy", "-s", "demo"], cwd=directory, env={**tool_env(directory), **env},
+                           capture_output=True, check=False)
+        found: dict[str, Any] = {"checkout": directory, "commit": git(["rev-parse", "HEAD"], directory), "pi": container}
+        self.results["baseline"] = found
+        found["converge"] = self.converge("baseline", directory, env)
+        pi = Pi(container=container)
+        pi.install_bench()
+        try:
+            found["latency"] = self.measure_levels(pi, "baseline")
+            if not self.out_of_time("baseline capacity"):
+                found["capacity"] = {"nginx": self.search_capacity("nginx", found["latency"], pi)}
+        finally:
+            subprocess.run(["docker", "stop", container], capture_output=True, check=False, timeout=120)
+        found["memory_per_stream_kb"] = memory_per_stream(found["latency"])
+        self.results["comparison"] = compare(
+            self.results.get("latency", {}),
+            found["latency"],
+            self.results.get("capacity", {}).get("nginx", {}).get("streams"),
+            found.get("capacity", {}).get("nginx", {}).get("streams"),
+        )
+        self.results["comparison"]["same_run"] = bool({"latency", "capacity"} <= set(self.args.only or SECTIONS))
+        log(f"baseline: {self.results['comparison']['capacity_nginx']}")
+        self.save()
+
+    def baseline_checkout(self) -> str | None:
+        """--baseline as given, or a worktree of --baseline-ref in .cache/ (made once per commit)."""
+        if self.args.baseline:
+            return str(self.args.baseline)
+        if not self.args.baseline_ref:
+            return None
+        commit = git(["rev-parse", "--verify", f"{self.args.baseline_ref}^{{commit}}"], str(REPO))
+        directory = REPO / ".cache" / f"bench-baseline-{commit[:12]}"
+        if not directory.exists():
+            log(f"baseline: git worktree add {directory} {commit[:12]}")
+            git(["worktree", "add", "--detach", str(directory), commit], str(REPO))
+        elif git(["rev-parse", "HEAD"], str(directory)) != commit:
+            raise SystemExit(f"baseline: {directory} is not at {commit}; remove it (git worktree remove) and rerun")
+        # Its demo Pi loads the python stand-in from its own .cache/images: the archive `make images` saved here.
+        images = directory / ".cache" / "images"
+        if not images.exists():
+            images.parent.mkdir(parents=True, exist_ok=True)
+            images.symlink_to(REPO / ".cache" / "images")
+        return str(directory)
 
     # -- drills -----------------------------------------------------------
 
@@ -372,6 +480,7 @@ class Bench:
         return figures
 
     def drill_backend_restart(self) -> dict[str, Any]:
+        """The API container restarts under open streams: each is cut and resumes at its Content-Location."""
         streams = self.args.drill_streams
         figures = self.phase(
             self.args.nginx_url,
@@ -382,17 +491,9 @@ class Bench:
             action_argv=["docker", "restart", self.args.backend_container],
             recover_url=self.args.nginx_url,
             recover_timeout_s=90,
+            resume_attempts=self.args.resume_attempts,
         )
-        action = figures.get("action", {})
-        recovered = action.get("new_stream_ok_after_s")
-        actionable = figures["streams_error_done"]
-        ok = actionable == streams and recovered is not None
-        figures["verdict"] = (
-            f"{'PASS' if ok else 'FAIL'}: {actionable}/{streams} streams ended with error+done,"
-            f" {figures['streams_dropped']} cut"
-            f" without done; a new stream through nginx worked {recovered} s after the restart began"
-            f" (docker restart took {action.get('took_s')} s)"
-        )
+        figures["verdict"] = restart_verdict(figures, streams)
         return figures
 
     def drill_slow_reader(self) -> dict[str, Any]:
@@ -526,20 +627,91 @@ class Bench:
         previous = Path(self.args.results_dir, "latest.json")
         if self.args.only and previous.exists():  # e.g. a capacity search seeded by the last latency run
             kept = json.loads(previous.read_text())
-            keep = (*SECTIONS, "memory_per_stream_kb")
+            keep = (*SECTIONS, "memory_per_stream_kb", "comparison")
             self.results.update({k: kept[k] for k in keep if k in kept and k not in sections})
             self.results["drills"] = kept.get("drills", {})  # drills not rerun keep their last result
         if "provisioning" in sections:
             self.provisioning()
-        elif set(sections) - {"rerun"}:
+        elif set(sections) - {"rerun", "baseline"}:
             self.install()
-        for name in ("latency", "capacity", "drills", "rerun"):
+        for name in ("latency", "capacity", "baseline", "drills", "rerun"):
             if name in sections:
                 getattr(self, name)()
         self.results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.save()
         print(Path(self.args.results_dir, "latest.md").read_text())
         return 0
+
+
+def git(args: list[str], directory: str) -> str:
+    proc = subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True, check=False, timeout=120)
+    if proc.returncode:
+        raise SystemExit(f"git {' '.join(args)} in {directory}: {proc.stderr.strip()[-300:]}")
+    return proc.stdout.strip()
+
+
+def added_ms(new: dict[str, Any] | None, old: dict[str, Any] | None, key: str) -> float | None:
+    """``key`` lateness of one phase minus another's (pure): what the pipeline adds at the same load."""
+    values = [(figures or {}).get("lateness_ms", {}).get(key) for figures in (new, old)]
+    if not all(isinstance(v, (int, float)) for v in values):
+        return None
+    return round(float(values[0]) - float(values[1]), 1)
+
+
+def compare(
+    latency: dict[str, dict[str, Any]],
+    baseline: dict[str, dict[str, Any]],
+    capacity_nginx: int | None,
+    baseline_capacity_nginx: int | None,
+) -> dict[str, Any]:
+    """This design against the previous one (pure): the capacity ratio through nginx against issue 14's
+    1.8 x, and per level and path the added p50/p99 lateness (this minus the previous, same level)."""
+    capacity_ratio = ratio(capacity_nginx, baseline_capacity_nginx)
+    added = {
+        level: {
+            f"{path}_added_{key}_ms": added_ms(latency[level].get(path), baseline[level].get(path), key)
+            for path in ("direct", "nginx")
+            for key in ("p50", "p99")
+        }
+        for level in sorted(set(latency) & set(baseline), key=int)
+    }
+    return {
+        "capacity_nginx": {
+            "pipeline": capacity_nginx,
+            "baseline": baseline_capacity_nginx,
+            "ratio": capacity_ratio,
+            "target": CAPACITY_TARGET,
+            "verdict": "PASS" if capacity_ratio is not None and capacity_ratio >= CAPACITY_TARGET else "FAIL",
+        },
+        "added_lateness_ms": added,
+    }
+
+
+def restart_verdict(figures: dict[str, Any], streams: int) -> str:
+    """PASS when the restart happened and every stream resumed to its end: all events, once, intact (pure).
+
+    A stream counts as complete when it ended with ``done`` (no ``error``), its text matches the ``done``
+    event's count and SHA-256, and its ids 1..done each came exactly once; and a new stream worked after.
+    """
+    action = figures.get("action", {})
+    recovered = action.get("new_stream_ok_after_s")
+    complete = figures["outcomes"].get("done", 0) == streams and figures["integrity"] == {"ok": streams}
+    ok = (
+        action.get("rc") == 0
+        and complete
+        and figures["ids_twice"] == 0
+        and figures["ids_missing"] == 0
+        and figures["events_lost"] == 0
+        and recovered is not None
+    )
+    return (
+        f"{'PASS' if ok else 'FAIL'}: {figures['outcomes'].get('done', 0)}/{streams} streams ended with done"
+        f" across `docker restart` of the API ({action.get('took_s')} s, rc {action.get('rc')});"
+        f" {figures['streams_resumed']} resumed ({figures['resumes']} reconnections:"
+        f" {figures['resume_statuses']}), {figures['ids_twice']} ids twice, {figures['ids_missing']} ids missing,"
+        f" {figures['events_lost']} events lost, integrity {figures['integrity']};"
+        f" a new stream through nginx worked {recovered} s after the restart began"
+    )
 
 
 def median_round(runs: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -577,30 +749,66 @@ def tool_env(project_dir: str) -> dict[str, str]:
     return {**os.environ, "PATH": path, "ANSIBLE_CONFIG": str(Path(project_dir, "ansible.cfg"))}
 
 
+# Memory per stream: group -> (the path whose phase measures it, the snapshot's key). The API processes,
+# the worker and Redis from the direct phase (no nginx in between), nginx's workers from the nginx phase.
+MEMORY_GROUPS = {
+    "nginx_rss": ("nginx", "nginx_rss_kb"),
+    "backend_rss": ("direct", "backend_rss_kb"),
+    "backend_cgroup": ("direct", "backend_cgroup_kb"),
+    "worker_rss": ("direct", "worker_rss_kb"),
+    "redis_used": ("direct", "redis_used_kb"),
+    "redis_rss": ("direct", "redis_rss_kb"),
+}
+
+
+def first_round(run: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What memory_per_stream needs of a level's first round: outcomes, the idle snapshot, the samples."""
+    return {path: {k: run[path].get(k) for k in ("outcomes", "idle", "samples")} for path in ("direct", "nginx")}
+
+
 def memory_per_stream(latency: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """(mid-window minus idle) / N for nginx workers' RSS and the backend, at the largest N where every stream ended."""
+    """(mid-window minus idle) / N per process group, from the first round of the largest N where every stream ended.
+
+    The first round, not the median one: a Python heap keeps its high-water mark, so a later round at the
+    same N starts from a heap already grown for N streams and shows ~0 per stream. Groups that are absent
+    (no worker, no Redis in the one-process design) are left out.
+    """
     out: dict[str, float] = {}
     for level in sorted(latency, key=int, reverse=True):
         streams = int(level)
         if streams < 100:
             continue
-        nginx = latency[level].get("nginx", {})
-        direct = latency[level].get("direct", {})
-        if any(p.get("outcomes", {}).get("done", 0) != streams for p in (nginx, direct)):
+        entry = latency[level]
+        measured = entry.get("first_round") or {path: entry.get(path, {}) for path in ("direct", "nginx")}
+        if any((measured.get(p) or {}).get("outcomes", {}).get("done", 0) != streams for p in ("direct", "nginx")):
             continue  # streams that failed or never opened hold no memory: not a per-stream figure
-        if len(nginx.get("samples", [])) >= 2:
-            mid, idle = nginx["samples"][1], nginx["idle"]
-            out[f"nginx_rss_at_{streams}"] = round((mid["nginx_rss_kb"] - idle["nginx_rss_kb"]) / streams, 1)
-        if len(direct.get("samples", [])) >= 2:
-            mid, idle = direct["samples"][1], direct["idle"]
-            out[f"backend_rss_at_{streams}"] = round((mid["backend_rss_kb"] - idle["backend_rss_kb"]) / streams, 1)
-            if mid.get("backend_cgroup_kb") and idle.get("backend_cgroup_kb"):
-                out[f"backend_cgroup_at_{streams}"] = round(
-                    (mid["backend_cgroup_kb"] - idle["backend_cgroup_kb"]) / streams, 1
-                )
+        for name, (path, key) in MEMORY_GROUPS.items():
+            figures = measured[path]
+            samples = figures.get("samples") or []
+            if len(samples) < 2:
+                continue
+            mid, idle = samples[1].get(key), (figures.get("idle") or {}).get(key)
+            if isinstance(mid, (int, float)) and isinstance(idle, (int, float)) and (mid or idle):
+                out[f"{name}_at_{streams}"] = round((mid - idle) / streams, 1) + 0.0  # + 0.0: no "-0.0"
         if out:
             break
     return out
+
+
+def baseline_options(group: argparse._ArgumentGroup, ints: Callable[[str], list[int]]) -> None:
+    """The options of the baseline section (parse_args stays within ruff's statement limit)."""
+    group.add_argument(
+        "--baseline-ref", default=BASELINE_REF,
+        help=f"baseline: the previous design's commit, checked out into .cache/ ({BASELINE_REF}); '' = none",
+    )
+    group.add_argument("--baseline", help="baseline: an existing checkout of the previous design instead")
+    group.add_argument(
+        "--baseline-sim", default=f"{os.environ.get('PI5_SIM', 'pi5')}-base",
+        help="baseline: its Pi's PI5_SIM (container <name>-sim) ($PI5_SIM-base)",
+    )
+    group.add_argument(
+        "--baseline-ports", type=ints, default=[48082, 48445], help="baseline: its Pi's HTTP,HTTPS ports (48082,48445)"
+    )
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -630,6 +838,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     target.add_argument("--cafile", default="/etc/nginx/pi5-tls/cert.pem", help="CA for nginx's certificate, on the Pi")
     target.add_argument("--server-name", default="localhost", help="TLS name to ask nginx for")
     target.add_argument("--backend-container", default="backend", help="the backend's container on the Pi")
+    target.add_argument(
+        "--worker-container", default="chat-worker", help="the container that generates replies (none before issue 14)"
+    )
     target.add_argument("--project-dir", default=str(REPO), help="where `molecule converge -s demo` runs")
     run = p.add_argument_group("what and how long")
     run.add_argument("--only", type=names(SECTIONS), default=None, help=f"comma list of {','.join(SECTIONS)}")
@@ -656,15 +867,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run.add_argument("--capacity-resolution", type=int, default=100)
     run.add_argument("--drills", type=names(DRILLS), default=list(DRILLS), help=f"comma list of {','.join(DRILLS)}")
     run.add_argument("--drill-streams", type=int, default=200, help="streams open during reload/restart (200)")
+    run.add_argument(
+        "--resume-attempts", type=int, default=20, help="backend_restart: reconnections per stream at most (20)"
+    )
     run.add_argument("--slow-streams", type=int, default=50)
     run.add_argument("--slow-hold-s", type=float, default=25.0)
     run.add_argument("--idle-streams", type=int, default=1000)
     run.add_argument("--idle-silence-ms", type=int, default=15000, help="3 x the bench's 5 s read timeout (15000)")
     run.add_argument("--reboot-timeout-s", type=float, default=240)
-    run.add_argument("--budget-s", type=float, default=1500, help="stop starting new phases after this long (1500)")
+    run.add_argument("--budget-s", type=float, default=1800, help="stop starting new phases after this long (1800)")
     run.add_argument("--rerun-against", help="rerun: another checkout (e.g. a worktree of an older commit) to time against")
     run.add_argument("--rerun-runs", type=int, default=3, help="rerun: timed warm runs of each checkout (3)")
     run.add_argument("--results-dir", default=str(Path(__file__).resolve().parents[1] / "results"))
+    baseline_options(p.add_argument_group("baseline: the previous design, in the same run"), ints)
     return p.parse_args(argv)
 
 

@@ -14,9 +14,10 @@ import json
 import socket
 import ssl
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from ansible_collections.pi5.streaming.plugins.module_utils import stream_check as core
 
@@ -75,6 +76,10 @@ class StreamResult:
     lateness_ms: list[float] = field(default_factory=list)  # arrival - ts (one clock)
     relative_ms: list[float] = field(default_factory=list)  # the core's relative_lateness
     gap_ms: list[float] = field(default_factory=list)  # ts_i - ts_(i-1) - interval: the backend's own lag per event
+    resumes: int = 0  # reconnections to the reply's Content-Location (resume mode)
+    resume_statuses: list[str] = field(default_factory=list)  # what each reconnection got: "200", "502", "connect_error"
+    ids_twice: int = 0  # events whose id: had come before (their text is not joined twice)
+    ids_missing: int = 0  # ids from 1 to the done event's (or the last seen) that never came
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +98,67 @@ class Target:
         port = parts.port or (443 if tls else 80)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         return parts.hostname or "localhost", port, tls, path
+
+
+# A reconnection is retried while it meets these: the API restarting behind nginx (502), or refusing (503).
+RESUMABLE = ("eof", "connect_error", "http_502", "http_503")
+
+
+class _Parser(core.SseParser):
+    """The core's parser, plus the ``retry:`` field (the reconnection delay the server asks for)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retry_ms: int | None = None
+
+    def _line(self, line: str, at: float) -> None:
+        name, sep, value = line.partition(":")
+        if name == "retry" and sep:
+            value = value.removeprefix(" ")
+            if value.isdigit():  # the WHATWG rule: only ASCII digits set the delay
+                self.retry_ms = int(value)
+            return
+        super()._line(line, at)
+
+
+@dataclass
+class _Reply:
+    """One reply over all its connections: the text joined once per id, the ids as they came."""
+
+    contents: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)  # the ids, for a constant-time check per event
+    done_id: str | None = None
+    location: str | None = None
+    retry_ms: int | None = None
+    heartbeats: int = 0
+
+
+def account_ids(ids: Sequence[str], done_id: str | None) -> tuple[int, int]:
+    """(ids twice, ids missing) of a reply's numbered events: 1..the done event's id must each come once (pure).
+
+    Without a ``done`` the last id seen bounds the count; ids that are not numbers (another server's) are
+    not counted.
+    """
+    numbers = [int(i) for i in ids if i.isdigit()]
+    twice = len(numbers) - len(set(numbers))
+    top = int(done_id) if done_id is not None and done_id.isdigit() else max(numbers, default=0)
+    return twice, len(set(range(1, top + 1)) - set(numbers))
+
+
+def resume_target(target: Target, location: str, last_id: str | None) -> Target | None:
+    """The request that resumes a reply: its Content-Location on the same scheme and host, after ``last_id``.
+
+    None when the Content-Location points elsewhere: a reply is resumed where it was started, never on a
+    host the response named.
+    """
+    url = urljoin(target.url, location)
+    if urlsplit(url)[:2] != urlsplit(target.url)[:2]:
+        return None
+    headers = tuple(h for h in target.headers if h[0].lower() != "last-event-id")
+    if last_id is not None:
+        headers += (("Last-Event-ID", last_id),)
+    return replace(target, url=url, headers=headers)
 
 
 def tls_context(cafile: str | None) -> ssl.SSLContext:
@@ -159,23 +225,33 @@ async def _connect(
     return reader, writer, path
 
 
-def _take(data: str, now_ms: float, result: StreamResult, timing: _Timing, contents: list[str]) -> None:
-    """Count one event's data: a token (timed against its ``ts``), an error, or the closing ``done``."""
+def _take(event: core.SseEvent, now_ms: float, result: StreamResult, timing: _Timing, reply: _Reply) -> None:
+    """Count one event: a token (timed against its ``ts``), an error, or the closing ``done``.
+
+    An event whose id came before is counted in the ids, not again in the text.
+    """
+    if event.own_id and event.id is not None:
+        reply.ids.append(event.id)
+        if event.id in reply.seen:
+            return
+        reply.seen.add(event.id)
+    data = event.data
     payload = json.loads(data) if data.startswith("{") else {}
     kind = payload.get("type")
     if kind == "token":
         result.tokens += 1
-        contents.append(str(payload.get("content", "")))
+        reply.contents.append(str(payload.get("content", "")))
         ts = payload.get("ts")
         if isinstance(ts, (int, float)):
             timing.add(now_ms, float(ts))
     elif kind == "error":
         result.error_events += 1
     elif kind == "done":
+        reply.done_id = event.id if event.own_id else None
         summary = payload.get("content")
         if isinstance(summary, dict):
             result.done_tokens = summary.get("tokens")
-            result.integrity = core.check_integrity(contents, summary)[0]
+            result.integrity = core.check_integrity(reply.contents, summary)[0]
         result.outcome = "error_done" if result.error_events else "done"
 
 
@@ -187,10 +263,10 @@ async def _read_events(
     parser: core.SseParser,
     result: StreamResult,
     timing: _Timing,
+    reply: _Reply,
 ) -> None:
     """Read the body until ``done``, EOF or ``deadline`` (epoch s), counting each event as it arrives."""
     seen = 0
-    contents: list[str] = []
     while True:
         remaining = deadline - time.time()
         if remaining <= 0:
@@ -204,12 +280,71 @@ async def _read_events(
         parser.feed(decoder.feed(data) if decoder is not None else data, now_ms)
         for event in parser.events[seen:]:
             seen += 1
-            _take(event.data, now_ms, result, timing, contents)
+            _take(event, now_ms, result, timing, reply)
         if result.outcome in ("done", "error_done"):
             return
         if decoder is not None and decoder.finished:
             result.outcome = "eof"
             return
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip().decode(errors="replace")
+    return None
+
+
+async def _exchange(
+    target: Target,
+    *,
+    result: StreamResult,
+    reply: _Reply,
+    timing: _Timing,
+    deadline: float,
+    hold_without_reading_s: float = 0.0,
+    rcvbuf: int | None = None,
+) -> None:
+    """One request and its response, read until ``done``, EOF or ``deadline``; ``result.outcome`` says which."""
+    parser = _Parser()
+    writer: asyncio.StreamWriter | None = None
+    result.status = None
+    try:
+        reader, writer, path = await _connect(target, max(deadline - time.time(), 0.1), rcvbuf)
+        host = target.server_name or target.endpoint()[0]
+        writer.write(request_bytes(host, path, target.headers))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), max(deadline - time.time(), 0.1))
+        status_line, _, header_block = head.partition(b"\r\n")
+        result.status = int(status_line.split(b" ", 2)[1])
+        reply.location = reply.location or _header(head, b"content-location")
+        if result.status != 200:
+            result.outcome = f"http_{result.status}"
+            return
+        if hold_without_reading_s:
+            await asyncio.sleep(hold_without_reading_s)
+            result.outcome = "held"
+            return
+        chunked = b"transfer-encoding: chunked" in header_block.lower()
+        await _read_events(
+            reader,
+            ChunkedDecoder() if chunked else None,
+            deadline=deadline,
+            parser=parser,
+            result=result,
+            timing=timing,
+            reply=reply,
+        )
+    except TimeoutError:
+        result.outcome = "timeout"
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as exc:
+        result.outcome = "eof" if result.status == 200 else "connect_error"
+        result.detail = f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        reply.heartbeats += sum(1 for comment in parser.comments if comment.text == "keepalive")
+        reply.retry_ms = parser.retry_ms if parser.retry_ms is not None else reply.retry_ms
+        if writer is not None:
+            writer.close()
 
 
 async def run_stream(
@@ -220,39 +355,39 @@ async def run_stream(
     deadline: float,
     hold_without_reading_s: float = 0.0,
     rcvbuf: int | None = None,
+    resume_attempts: int = 0,
+    resume_delay_ms: int = 3000,
 ) -> StreamResult:
-    """Open one stream, time every token event until ``done``, EOF or ``deadline`` (epoch s)."""
+    """Open one stream, time every token event until ``done``, EOF or ``deadline`` (epoch s).
+
+    With ``resume_attempts``, a stream cut before ``done`` is resumed as EventSource does: after the
+    server's ``retry:`` delay (``resume_delay_ms`` when it sent none), a GET of the reply's
+    ``Content-Location`` with ``Last-Event-ID``, tried again while it meets a restart (:data:`RESUMABLE`),
+    at most ``resume_attempts`` times.
+    """
     result = StreamResult(opened_at=time.time())
     timing = _Timing(result, interval_ms, window)
-    parser = core.SseParser()
-    writer: asyncio.StreamWriter | None = None
-    try:
-        reader, writer, path = await _connect(target, max(deadline - time.time(), 0.1), rcvbuf)
-        host = target.server_name or target.endpoint()[0]
-        writer.write(request_bytes(host, path, target.headers))
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), max(deadline - time.time(), 0.1))
-        status_line, _, header_block = head.partition(b"\r\n")
-        result.status = int(status_line.split(b" ", 2)[1])
-        if result.status != 200:
-            result.outcome = f"http_{result.status}"
-            return result
-        if hold_without_reading_s:
-            await asyncio.sleep(hold_without_reading_s)
-            result.outcome = "held"
-            return result
-        chunked = b"transfer-encoding: chunked" in header_block.lower()
-        await _read_events(
-            reader, ChunkedDecoder() if chunked else None, deadline=deadline, parser=parser, result=result, timing=timing
-        )
-    except TimeoutError:
-        result.outcome = "timeout"
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, ValueError) as exc:
-        result.outcome = "eof" if result.status == 200 else "connect_error"
-        result.detail = f"{type(exc).__name__}: {exc}"[:200]
-    finally:
-        result.ended_at = time.time()
-        result.heartbeats = sum(1 for comment in parser.comments if comment.text == "keepalive")
-        timing.finish()
-        if writer is not None:
-            writer.close()
+    reply = _Reply()
+    await _exchange(
+        target,
+        result=result,
+        reply=reply,
+        timing=timing,
+        deadline=deadline,
+        hold_without_reading_s=hold_without_reading_s,
+        rcvbuf=rcvbuf,
+    )
+    while result.outcome in RESUMABLE and result.resumes < resume_attempts and reply.location is not None:
+        again = resume_target(target, reply.location, reply.ids[-1] if reply.ids else None)
+        delay_s = (reply.retry_ms if reply.retry_ms is not None else resume_delay_ms) / 1000.0
+        if again is None or time.time() + delay_s >= deadline:
+            break
+        await asyncio.sleep(delay_s)
+        result.resumes += 1
+        await _exchange(again, result=result, reply=reply, timing=timing, deadline=deadline)
+        result.resume_statuses.append(str(result.status) if result.status is not None else result.outcome)
+    result.ended_at = time.time()
+    result.heartbeats = reply.heartbeats
+    result.ids_twice, result.ids_missing = account_ids(reply.ids, reply.done_id)
+    timing.finish()
     return result
