@@ -8,8 +8,9 @@ short_description: Pack a data directory and config paths into a tar.gz with a s
 description:
   - Archives O(data_dir) as C(data/) and each existing path of O(config_paths) as C(config/<path>), with
     C(MANIFEST.sha256) (the sha256 of every other file in the archive, in C(sha256sum -c) format) and C(INFO.json).
-  - Each file is read once, and hashed and archived from that read, so a file replaced while the backup runs
-    (the backend writes threads by atomic rename) is archived whole, old or new, and matches its manifest line.
+  - Each file is read once, and hashed and archived from that read, so a file the backend appends to while the
+    backup runs (one line per message) is archived as that read saw it and matches its manifest line; at worst
+    its last line is torn, and the backend's reader skips a torn last line.
   - The archive is written next to O(dest) and renamed into place, mode 0600 (it may hold TLS keys).
 options:
   data_dir:
