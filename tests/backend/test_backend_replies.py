@@ -498,3 +498,33 @@ def test_many_writers_share_round_trips_and_each_reply_stays_whole(queue_redis: 
             await queue.aclose()
 
     asyncio.run(scenario())
+
+
+def test_the_lease_renewal_keeps_a_silent_reply_and_its_thread(queue_redis: RedisServer) -> None:
+    """A provider silent for longer than the TTL: the worker's renewal keeps the reply's stream, meta
+    and thread claim alive (appends alone would not), and leaves another reply's claim alone."""
+    settings = Settings(redis_port=queue_redis.port, redis_password=queue_redis.password, reply_ttl_s=600)
+
+    async def scenario() -> None:
+        queue = ReplyQueue(settings)
+        reply, other = "e" * 32, "f" * 32
+        try:
+            assert await queue.claim_thread("silent", reply) is None
+            assert (await queue.append(reply, 0, ["status"])).ok
+            assert await queue.take_lease(reply, "w1")
+            for key in (reply_key(reply), meta_key(reply), "pi5:thread:silent:reply"):
+                await queue.redis.expire(key, 2)  # as if the TTL had nearly run out during the silence
+            await queue.renew_lease(reply, "silent")
+            for key in (reply_key(reply), meta_key(reply), "pi5:thread:silent:reply"):
+                assert await queue.redis.ttl(key) > 500, f"{key} was not renewed"
+            assert await queue.redis.pttl(lease_key(reply)) > 1000
+
+            await queue.redis.set("pi5:thread:silent:reply", other, ex=2)  # the thread has moved on
+            await queue.renew_lease(reply, "silent")
+            assert await queue.redis.ttl("pi5:thread:silent:reply") <= 2, "another reply's claim was renewed"
+            await queue.renew_lease(reply, None)  # a probe: no thread
+            assert await queue.redis.ttl(meta_key(reply)) > 500
+        finally:
+            await queue.aclose()
+
+    asyncio.run(scenario())

@@ -96,14 +96,18 @@ redis.call('EXPIRE', meta, ARGV[2])
 return false
 """
 
-# The lease's renewal, and the thread's claim with it while it still names this reply: a reply
-# may be generated for longer than BACKEND_REPLY_TTL_S (20,000 events at 40 ms are 800 s), and a
-# claim that expired meanwhile would let a second message start in the thread. KEYS: lease,
-# thread's key. ARGV: lease ms, reply, TTL s.
+# The lease's renewal, with the reply's stream and meta, and the thread's claim while it still
+# names this reply. Appends renew the stream and meta, but a provider may be silent for longer than
+# BACKEND_REPLY_TTL_S (its timeout is a setting of its own), and a reply may be generated for longer
+# (20,000 events at 40 ms are 800 s): a meta or claim that expired meanwhile would make the reply
+# "expired" or let a second message start in the thread. KEYS: lease, stream, meta[, thread's key].
+# ARGV: lease ms, reply, TTL s.
 _RENEW = """
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-if redis.call('GET', KEYS[2]) == ARGV[2] then
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[2] then
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
 end
 return 1
 """
@@ -362,11 +366,12 @@ class ReplyQueue:
         return bool(await self.redis.set(lease_key(reply), worker, px=self.lease_ms, nx=True))
 
     async def renew_lease(self, reply: str, thread_id: str | None) -> None:
-        """Renew the lease, and the thread's claim (a chat reply's ``thread_id``) if it names ``reply``."""
-        if thread_id is None:
-            await self.redis.pexpire(lease_key(reply), self.lease_ms)
-            return
-        await self._renew(keys=[lease_key(reply), thread_key(thread_id)], args=[self.lease_ms, reply, self.ttl_s])
+        """Renew the lease, the reply's stream and meta, and the thread's claim (a chat reply's
+        ``thread_id``) if it names ``reply``."""
+        keys = [lease_key(reply), reply_key(reply), meta_key(reply)]
+        if thread_id is not None:
+            keys.append(thread_key(thread_id))
+        await self._renew(keys=keys, args=[self.lease_ms, reply, self.ttl_s])
 
     async def drop_lease(self, reply: str) -> None:
         await self.redis.delete(lease_key(reply))
