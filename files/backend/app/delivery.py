@@ -35,6 +35,7 @@ REDIS_GONE = "the reply queue (Redis) is unavailable; reconnect to continue"
 EXPIRED = "this reply has expired; reload the thread"
 
 Entries = list[tuple[int, str]]
+ReplyState = Literal["gone", "finished", "ended", "running"]
 
 
 @dataclass(eq=False, slots=True)
@@ -207,7 +208,7 @@ class _Watch:
         if now - self.quiet_since >= self.options.lease_s:
             self.quiet_since = now  # while Redis is away, the next look waits for it
             if self.hub.down_since is None:
-                state = await _check_on(self.hub.queue, self.reply, self.meta, self.follower.cursor, self.options)
+                state = await _check_on(self.hub.queue, self.reply, self.follower.cursor, self.options)
                 if state is not None:
                     return (frame(None, event_json("expired", thread, EXPIRED)) if state == "gone" else None), True
         if now - self.last_write >= self.options.heartbeat_s:
@@ -221,34 +222,44 @@ def expired_stream(thread_id: str, content: str = EXPIRED) -> bytes:
     return OPEN + frame(None, event_json("expired", thread_id, content))
 
 
-async def _check_on(
-    queue: ReplyQueue, reply: str, meta: Meta, cursor: int, options: DeliveryOptions
-) -> Literal["gone", "past the end"] | None:
+async def _check_on(queue: ReplyQueue, reply: str, cursor: int, options: DeliveryOptions) -> Literal["gone", "past the end"] | None:
     """A quiet reply, looked at: gone from Redis (a restart without its data), or already sent
-    to its done (a client that resumed after it); else end it if it was abandoned (which the
+    to its done (a client that resumed after it); else ended if it was abandoned (which the
     hub then delivers)."""
     try:
-        if await queue.meta(reply) is None:
-            return "gone"
-        last, data = await queue.last_entry(reply)
-        finished = data is not None and data.startswith(DONE_PREFIX)
-        if finished and cursor >= last:
-            return "past the end"
-        if not finished:
-            await end_abandoned(queue, reply, meta, last, unclaimed_s=options.unclaimed_s)
+        state, last = await settle(queue, reply, unclaimed_s=options.unclaimed_s)
     except (RedisError, OSError, QueueUnavailableError) as exc:  # the hub notices the outage too
         log.warning("reply %s: cannot check on its worker: %s", reply, exc)
+        return None
+    if state == "gone":
+        return "gone"
+    if state == "finished" and cursor >= last:
+        return "past the end"
     return None
 
 
-async def end_abandoned(queue: ReplyQueue, reply: str, meta: Meta, last: int, *, unclaimed_s: float) -> bool:
-    """End an unfinished reply (``last`` its last entry) with error + done when its worker is
-    gone (no lease) or none took it within ``unclaimed_s``; True when this call ended it.
+async def settle(queue: ReplyQueue, reply: str, *, unclaimed_s: float) -> tuple[ReplyState, int]:
+    """Where a reply stands, and the n of its last entry: gone from Redis, finished (``done``
+    last), ended by this call, or still running.
 
-    Whoever finds such a reply first ends it: a delivery process whose client waits on it, or
-    a worker's sweep when no client does. The rescue append refuses while a lease is held and
-    when the reply moved past ``last``, so a live worker keeps its reply and it ends once.
+    An unfinished reply is ended with error + done when its worker is gone (no lease) or none
+    took it within ``unclaimed_s``. Whoever finds such a reply first ends it: a delivery process
+    whose client waits on it, or a worker's sweep when no client does. The rescue append
+    refuses while a lease is held and when the reply moved past ``last``, so a live worker
+    keeps its reply and it ends once.
     """
+    meta = await queue.meta(reply)
+    if meta is None:
+        return "gone", 0
+    last, data = await queue.last_entry(reply)
+    if data is not None and data.startswith(DONE_PREFIX):
+        return "finished", last
+    ended = await _end_abandoned(queue, reply, meta, last, unclaimed_s=unclaimed_s)
+    return ("ended" if ended else "running"), last
+
+
+async def _end_abandoned(queue: ReplyQueue, reply: str, meta: Meta, last: int, *, unclaimed_s: float) -> bool:
+    """End an unfinished reply with error + done if abandoned (see settle); True when this call did."""
     if await queue.lease_held(reply):
         return False
     waited_s = (now_ms() - meta.created_ms) / 1000

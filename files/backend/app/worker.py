@@ -25,10 +25,10 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
-from .delivery import end_abandoned
+from .delivery import settle
 from .probe import ProbeParams, probe_tokens
 from .providers import Provider, ProviderError, build_provider
-from .replies import DONE_PREFIX, GROUP, JOBS, PROBE_JOBS, AppendCall, Appended, Job, QueueUnavailableError, ReplyQueue
+from .replies import GROUP, JOBS, PROBE_JOBS, AppendCall, Appended, Job, QueueUnavailableError, ReplyQueue
 from .server import configure_logging, load_settings
 from .settings import Settings
 from .sse import event_json, now_ms
@@ -236,7 +236,7 @@ class Worker:
         """Let go of jobs that a worker which died (SIGKILL, a crash) took and never finished.
 
         Their replies end by the lease rule: a delivery process whose client waits on one
-        writes error + done; with no client watching, this sweep does (end_abandoned, the
+        writes error + done; with no client watching, this sweep does (settle, the
         same code), or the thread would answer 409 until the reply's TTL. A job whose reply
         still has a lease, or that this worker holds, is left alone. Looked for at start and
         every two leases.
@@ -257,13 +257,8 @@ class Worker:
 
     async def _over(self, reply: str) -> bool:
         """Whether a swept job's reply is over: expired, finished, or ended by this call."""
-        meta = await self.queue.meta(reply)
-        if meta is None:
-            return True
-        last, data = await self.queue.last_entry(reply)
-        if data is not None and data.startswith(DONE_PREFIX):
-            return True
-        return await end_abandoned(self.queue, reply, meta, last, unclaimed_s=self.settings.provider_timeout_s)
+        state, _ = await settle(self.queue, reply, unclaimed_s=self.settings.provider_timeout_s)
+        return state != "running"
 
     async def _create_group(self, key: str) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: another worker made it first
