@@ -23,7 +23,7 @@ from typing import Any
 
 from ansible_collections.pi5.streaming.plugins.module_utils import stream_check as core
 
-from .sse_client import ChunkedDecoder, Target, _connect, request_bytes
+from .sse_client import ChunkedDecoder, Target, _connect, _header, request_bytes
 
 
 @dataclass
@@ -74,14 +74,6 @@ def judge(stream: Resumed) -> dict[str, Any]:
     }
 
 
-def _content_location(head: bytes) -> str | None:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-location":
-            return value.strip().decode()
-    return None
-
-
 async def _one_connection(target: Target, stream: Resumed, deadline: float) -> str | None:
     """One request: read events until done or the end; returns the reply's Content-Location."""
     reader, writer, path = await _connect(target, max(deadline - time.time(), 0.1), None)
@@ -89,7 +81,7 @@ async def _one_connection(target: Target, stream: Resumed, deadline: float) -> s
         writer.write(request_bytes(target.endpoint()[0], path, target.headers))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), max(deadline - time.time(), 0.1))
         stream.statuses.append(int(head.split(b" ", 2)[1]))
-        location = _content_location(head)
+        location = _header(head, b"content-location")
         if stream.statuses[-1] != 200:
             return location
         decoder = ChunkedDecoder() if b"transfer-encoding: chunked" in head.lower() else None

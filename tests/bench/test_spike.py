@@ -8,8 +8,9 @@ import pytest
 
 from ansible_collections.pi5.streaming.plugins.module_utils import stream_check as core
 from pi5bench.spike import added_lateness, design_cost, group_memory, markdown, seed_bounds, us_per_event
-from pi5bench.spike_client import Resumed, _content_location, judge
+from pi5bench.spike_client import Resumed, judge
 from pi5bench.spike_events import PROBE_TOKENS, done_summary, encode_event, resume_from, stream_id
+from pi5bench.sse_client import _header
 
 
 def test_event_is_the_backends_format_and_survives_the_core_parser() -> None:
@@ -67,8 +68,8 @@ def test_judge_fails_a_missing_token_and_a_reply_without_done() -> None:
 
 def test_content_location_is_read_from_any_header_case() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\ncontent-location: /api/replies/ab\r\n\r\n"
-    assert _content_location(head) == "/api/replies/ab"
-    assert _content_location(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n") is None
+    assert _header(head, b"content-location") == "/api/replies/ab"
+    assert _header(b"HTTP/1.1 200 OK\r\nX: y\r\n\r\n", b"content-location") is None
 
 
 def _figures(streams: int = 100) -> dict[str, object]:
